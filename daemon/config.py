@@ -1,0 +1,198 @@
+"""One settings model and one loader.
+
+Precedence, lowest first (docs/config.md):
+    defaults < remembered HTTP port (state dir) < config file (YAML) < LMS_* env < flags
+
+Each setting's environment variable is `LMS_` + its name in upper case; `LMS_SERVER_HOST`
+(LM Studio's name) is accepted for `bind` too. Unknown keys and wrong types raise
+ConfigError naming the key and where the value came from.
+"""
+
+import dataclasses
+import json
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from daemon.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_ALIASES = {"LMS_SERVER_HOST": "bind"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = field(default=1234, metadata={"help": "TCP port of the HTTP API"})
+    bind: str = field(default="127.0.0.1", metadata={"help": "address the HTTP API binds to"})
+    cors: bool = field(default=False, metadata={"help": "answer CORS requests from any origin"})
+    http: bool = field(default=True, metadata={"help": "start the TCP listener with the daemon"})
+    log_level: str = field(default="info", metadata={"help": "one of " + ", ".join(LOG_LEVELS)})
+    shutdown_timeout: float = field(
+        default=10.0, metadata={"help": "seconds in-flight requests get to finish on shutdown"}
+    )
+    max_body_bytes: int = field(
+        default=32 * 1024 * 1024, metadata={"help": "largest request body accepted (413 above)"}
+    )
+    models_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "folders holding models (default: ~/.lmstudio/models or data dir)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidSetting("port", f"must be between 0 and 65535, got {self.port}")
+        if self.log_level not in LOG_LEVELS:
+            choices = ", ".join(LOG_LEVELS)
+            raise InvalidSetting("log_level", f"must be one of {choices}, got {self.log_level!r}")
+        if self.shutdown_timeout < 0:
+            raise InvalidSetting("shutdown_timeout", "must not be negative")
+        if self.max_body_bytes < 1024:
+            raise InvalidSetting("max_body_bytes", "must be at least 1024")
+
+
+class InvalidSetting(ConfigError):
+    """A value of the right type that is out of range; `load_settings` adds its source."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key!r} {problem}")
+        self.key = key
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+_TYPES: dict[str, Any] = get_type_hints(Settings)
+
+
+def env_var(name: str) -> str:
+    return "LMS_" + name.upper()
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "a list of strings"
+    )
+
+
+def coerce(name: str, value: Any, source: str, *, from_text: bool = False) -> Any:
+    """`value` checked against the type of setting `name`; with `from_text` (environment
+    variables, flags), a string is parsed into that type first."""
+    if name not in _TYPES:
+        known = ", ".join(SETTING_NAMES)
+        raise ConfigError(f"{source}: unknown setting {name!r} (known settings: {known})")
+    tp = _TYPES[name]
+    if get_origin(tp) in (Union, types.UnionType):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    bad = ConfigError(f"{source}: {name!r} must be {_type_name(tp)}, got {value!r}")
+    if from_text and isinstance(value, str) and tp is not str:
+        value = _parse_string(tp, value, bad)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad
+    elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise bad  # the only other type of setting: a list of strings
+    return value
+
+
+def _parse_string(tp: Any, text: str, bad: ConfigError) -> Any:
+    try:
+        if tp is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise bad
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if get_origin(tp) is list:
+            return [part for part in text.split(os.pathsep) if part]
+    except ValueError:
+        raise bad from None
+    raise bad
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a YAML config file; {} when it does not exist."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config file must be a mapping of setting: value")
+    return {str(k): coerce(str(k), v, str(path)) for k, v in data.items()}
+
+
+def read_remembered_port(path: Path) -> dict[str, Any]:
+    """The last port the HTTP listener ran on (ignored when the file is unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        port = data.get("port")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"port": port} if isinstance(port, int) and 0 < port <= 65535 else {}
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for alias, name in ENV_ALIASES.items():
+        if env.get(alias):
+            values[name] = coerce(name, env[alias], f"environment variable {alias}", from_text=True)
+    for name in SETTING_NAMES:
+        var = env_var(name)
+        if var in env and env[var] != "":
+            values[name] = coerce(name, env[var], f"environment variable {var}", from_text=True)
+    return values
+
+
+def load_settings(
+    *,
+    config_file: Path,
+    server_state_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def layer(values: Mapping[str, Any], source: str) -> None:
+        merged.update(values)
+        sources.update(dict.fromkeys(values, source))
+
+    if server_state_file is not None:
+        layer(read_remembered_port(server_state_file), str(server_state_file))
+    layer(read_config_file(config_file), str(config_file))
+    environment = os.environ if env is None else env
+    for name, value in read_env(environment).items():
+        layer({name: value}, f"environment variable {env_var(name)}")
+    for name, value in (flags or {}).items():
+        if value is not None:
+            source = f"command-line flag --{name.replace('_', '-')}"
+            layer({name: coerce(name, value, source, from_text=True)}, source)
+    try:
+        return Settings(**merged)
+    except InvalidSetting as exc:
+        raise ConfigError(f"{sources.get(exc.key, 'default')}: {exc}") from None

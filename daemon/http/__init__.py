@@ -1,0 +1,1 @@
+"""Everything aiohttp: the app factory, route modules, SSE helpers, the error middleware."""

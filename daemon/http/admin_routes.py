@@ -1,0 +1,70 @@
+"""Identity, health and the admin endpoints the CLI uses to drive the daemon."""
+
+from typing import Any
+
+from aiohttp import web
+
+from daemon.errors import InvalidRequest
+from daemon.http.channel import require_unix_socket
+from daemon.http.errors import read_json_object
+from daemon.http.keys import CONTROL
+from lms.api import admin
+
+
+async def greeting(request: web.Request) -> web.Response:
+    # How LM Studio's clients recognise a server.
+    return web.json_response({"lmstudio": True})
+
+
+async def health(request: web.Request) -> web.Response:
+    # Cheap on purpose: never touches models, never resets an idle timer.
+    return web.json_response({"status": "ok"})
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROL].status())
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    require_unix_socket(request)
+    control = request.app[CONTROL]
+    control.request_shutdown()
+    return web.json_response({"status": "stopping", "pid": control.status()["pid"]})
+
+
+def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidRequest(f"'{name}' must be of type {kind.__name__}", param=name)
+    return value
+
+
+async def server_start(request: web.Request) -> web.Response:
+    require_unix_socket(request)
+    body = await read_json_object(request) if request.can_read_body else {}
+    port = _optional(body, "port", int)
+    if port is not None and not 0 <= port <= 65535:
+        raise InvalidRequest("'port' must be between 0 and 65535", param="port")
+    control = request.app[CONTROL]
+    await control.start_http(
+        port=port, bind=_optional(body, "bind", str), cors=_optional(body, "cors", bool)
+    )
+    return web.json_response(control.status()["http"])
+
+
+async def server_stop(request: web.Request) -> web.Response:
+    require_unix_socket(request)
+    control = request.app[CONTROL]
+    was_running = await control.stop_http()
+    return web.json_response({"stopped": was_running, **control.status()["http"]})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(admin.GREETING_PATH, greeting)
+    app.router.add_get(admin.HEALTH_PATH, health)
+    app.router.add_get(admin.STATUS_PATH, status)
+    app.router.add_post(admin.SHUTDOWN_PATH, shutdown)
+    app.router.add_post(admin.SERVER_START_PATH, server_start)
+    app.router.add_post(admin.SERVER_STOP_PATH, server_stop)

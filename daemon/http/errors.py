@@ -1,0 +1,105 @@
+"""The one table that maps domain errors to HTTP statuses and the OpenAI error envelope,
+and the middleware that applies it to every route (unknown routes included)."""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from daemon.errors import (
+    ConfigError,
+    Forbidden,
+    InvalidRequest,
+    LmsError,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    StartupError,
+)
+from lms.api.errors import error_envelope
+
+log = logging.getLogger(__name__)
+
+# error class -> (HTTP status, OpenAI error type, default code); looked up along the MRO.
+ERROR_TABLE: dict[type[LmsError], tuple[int, str, str | None]] = {
+    PayloadTooLarge: (413, "invalid_request_error", "payload_too_large"),
+    InvalidRequest: (400, "invalid_request_error", None),
+    ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    NotFound: (404, "invalid_request_error", "not_found"),
+    Forbidden: (403, "permission_error", "forbidden"),
+    ConfigError: (400, "invalid_request_error", "invalid_config"),
+    StartupError: (409, "server_error", "listener_failed"),
+    LmsError: (500, "server_error", None),
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(
+    status: int, message: str, *, type: str, param: str | None = None, code: str | None = None
+) -> web.Response:
+    body = error_envelope(message, type=type, param=param, code=code)
+    return web.json_response(body, status=status)
+
+
+def response_for(exc: LmsError) -> web.Response:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            status, kind, code = ERROR_TABLE[cls]
+            break
+    param = getattr(exc, "param", None)
+    code = getattr(exc, "code", None) or code
+    return error_response(status, str(exc), type=kind, param=param, code=code)
+
+
+def _http_exception_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        message = f"Unknown route: {request.method} {request.path}"
+        return error_response(404, message, type="invalid_request_error", code="unknown_route")
+    if exc.status == 405:
+        message = f"Method {request.method} is not allowed on {request.path}"
+        return error_response(405, message, type="invalid_request_error", code="method_not_allowed")
+    if exc.status == 413:
+        return error_response(
+            413,
+            exc.text or "Request body too large",
+            type="invalid_request_error",
+            code="payload_too_large",
+        )
+    kind = "invalid_request_error" if exc.status < 500 else "server_error"
+    return error_response(exc.status, exc.reason, type=kind)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LmsError as exc:
+        return response_for(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_exception_response(request, exc)
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return error_response(500, "Internal server error", type="server_error")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 that says what is wrong."""
+    import json
+
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"Request body too large: {exc.text}") from None
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    return body

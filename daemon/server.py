@@ -1,0 +1,171 @@
+"""The daemon's listeners: the owner-only Unix socket (always) and the TCP HTTP API.
+
+`Daemon` owns the aiohttp runner and both sites, and is the `DaemonControl` the admin
+routes drive (start/stop/move the TCP listener, shutdown, status).
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+
+from aiohttp import web
+
+from daemon.config import Settings
+from daemon.errors import StartupError
+from daemon.fsutil import atomic_write_text
+from daemon.http.app import create_app
+from lms.api.admin import DaemonStatus, HttpListener
+from lms.api.version import API_VERSION, __version__
+from lms.paths import Paths
+
+log = logging.getLogger(__name__)
+
+# Linux allows 108 bytes in sun_path, macOS 104.
+MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    bind: str
+    port: int
+    cors: bool
+
+
+class Daemon:
+    def __init__(self, settings: Settings, paths: Paths) -> None:
+        self.settings = settings
+        self.paths = paths
+        self._started_at = time.monotonic()
+        self._http = HttpConfig(bind=settings.bind, port=settings.port, cors=settings.cors)
+        self._runner: web.AppRunner | None = None
+        self._tcp_site: web.TCPSite | None = None
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        socket_path = self.paths.socket
+        if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+            raise StartupError(f"socket path too long for the OS: {socket_path}")
+        app = create_app(self, max_body_bytes=self.settings.max_body_bytes)
+        self._runner = web.AppRunner(
+            app,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            access_log=logging.getLogger("aiohttp.access"),
+        )
+        await self._runner.setup()
+        # We hold the instance lock, so a socket file left here belongs to a dead daemon.
+        socket_path.unlink(missing_ok=True)
+        previous_umask = os.umask(0o177)
+        try:
+            await web.UnixSite(self._runner, str(socket_path)).start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {socket_path}: {exc.strerror}") from exc
+        finally:
+            os.umask(previous_umask)
+        os.chmod(socket_path, 0o600)
+        log.info("listening on unix:%s", socket_path)
+        if self.settings.http:
+            await self.start_http(port=None, bind=None, cors=None)
+
+    async def wait_for_shutdown_request(self) -> None:
+        await self._stopping.wait()
+
+    def request_shutdown(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish up to the deadline, close all."""
+        if self._runner is not None:
+            log.info(
+                "shutting down: waiting up to %.0fs for in-flight requests",
+                self.settings.shutdown_timeout,
+            )
+            await self._runner.cleanup()
+            self._runner = None
+            self._tcp_site = None
+        self.paths.socket.unlink(missing_ok=True)
+
+    # -- DaemonControl ---------------------------------------------------------------------
+
+    @property
+    def cors(self) -> bool:
+        return self._http.cors
+
+    async def start_http(self, *, port: int | None, bind: str | None, cors: bool | None) -> None:
+        wanted = HttpConfig(
+            bind=self._http.bind if bind is None else bind,
+            port=self._http.port if port is None else port,
+            cors=self._http.cors if cors is None else cors,
+        )
+        same_address = (wanted.bind, wanted.port) == (self._http.bind, self._http.port)
+        if self._tcp_site is not None and (same_address or wanted.port == 0):
+            self._http = replace(wanted, port=self._http.port)
+            return
+        previous = self._http if self._tcp_site is not None else None
+        await self.stop_http()
+        try:
+            await self._listen_tcp(wanted)
+        except StartupError:
+            if previous is not None:
+                await self._listen_tcp(previous)
+            raise
+        self._remember_port()
+
+    async def stop_http(self) -> bool:
+        if self._tcp_site is None:
+            return False
+        await self._tcp_site.stop()
+        self._tcp_site = None
+        log.info("stopped the HTTP server on port %d", self._http.port)
+        return True
+
+    def status(self) -> DaemonStatus:
+        http: HttpListener = {
+            "running": self._tcp_site is not None,
+            "bind": self._http.bind,
+            "port": self._http.port,
+            "cors": self._http.cors,
+        }
+        return {
+            "status": "running",
+            "version": __version__,
+            "api_version": API_VERSION,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self._started_at, 3),
+            "socket": str(self.paths.socket),
+            "http": http,
+        }
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _listen_tcp(self, config: HttpConfig) -> None:
+        assert self._runner is not None
+        site = web.TCPSite(self._runner, config.bind, config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StartupError(
+                f"cannot listen on {config.bind}:{config.port}: {reason}"
+                " (is another server using the port? choose one with --port)"
+            ) from exc
+        server = site._server  # the bound asyncio server: learn the port when 0 was asked
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else config.port
+        self._tcp_site = site
+        self._http = replace(config, port=port)
+        log.info("HTTP API listening on http://%s:%d", config.bind, port)
+        if config.cors:
+            log.warning("CORS is enabled: any website you visit can use this server")
+
+    def _remember_port(self) -> None:
+        try:
+            atomic_write_text(
+                self.paths.server_state_file, json.dumps({"port": self._http.port}) + "\n"
+            )
+        except OSError as exc:
+            log.warning("cannot remember the HTTP port in %s: %s", self.paths.state_dir, exc)

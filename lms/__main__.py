@@ -1,0 +1,3 @@
+from lms.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `lms` command groups; `main.py` assembles them, `output.py` renders."""

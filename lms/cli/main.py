@@ -1,0 +1,21 @@
+"""`lms`: the command line client of the lmsd daemon."""
+
+import typer
+
+from lms.cli import daemon_cmds, info, server
+
+app = typer.Typer(
+    name="lms",
+    help="lms - run local LLMs with the lmsd daemon (LM Studio compatible).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(server.app, name="server")
+app.add_typer(daemon_cmds.app, name="daemon")
+app.command()(info.version)
+app.command()(info.status)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,114 @@
+"""`lms server start | stop | status`: the daemon's HTTP API on TCP."""
+
+import ipaddress
+from typing import Annotated
+
+import typer
+
+from lms.api.admin import DaemonStatus, ServerStartRequest
+from lms.cli import output
+from lms.cli.common import (
+    EXIT_FAILURE,
+    HostOption,
+    JsonOption,
+    PortOption,
+    handle_errors,
+    local_client,
+    make_client,
+)
+from lms.cli.spawn import spawn_daemon, wait_until_ready
+from lms.client import DaemonNotRunning
+
+app = typer.Typer(help="Start, stop and inspect the HTTP server.", no_args_is_help=True)
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+@handle_errors
+def start(
+    port: Annotated[
+        int | None,
+        typer.Option("--port", "-p", min=0, max=65535, help="Port (default: the last one used)."),
+    ] = None,
+    bind: Annotated[
+        str | None,
+        typer.Option(
+            "--bind", help="Address to listen on (default 127.0.0.1).", envvar="LMS_SERVER_HOST"
+        ),
+    ] = None,
+    cors: Annotated[bool, typer.Option("--cors", help="Allow requests from any website.")] = False,
+) -> None:
+    """Start the server (and the daemon, if it is not running)."""
+    if cors:
+        output.warn("CORS is enabled. This means any website you visit can use the server.")
+    if bind is not None and not _is_loopback(bind):
+        output.warn(f"binding to {bind}: the server will be reachable from other machines.")
+    client = local_client()
+    request: ServerStartRequest = {}
+    if port is not None:
+        request["port"] = port
+    if bind is not None:
+        request["bind"] = bind
+    if cors:
+        request["cors"] = True
+    try:
+        client.status(timeout=5.0)
+    except DaemonNotRunning:
+        args = [f"--{name}={value}" for name, value in request.items() if name != "cors"]
+        process = spawn_daemon([*args, "--cors"] if cors else args)
+        status = wait_until_ready(client, process)
+        if not status["http"]["running"]:
+            client.server_start(request)
+    else:
+        client.server_start(request)
+    http = client.status()["http"]
+    if not http["running"]:
+        output.error("Failed to verify the server is running. Please try to use another port.")
+        raise typer.Exit(EXIT_FAILURE)
+    output.info(f"Success! Server is now running on port {http['port']}")
+
+
+@app.command()
+@handle_errors
+def stop() -> None:
+    """Stop the HTTP server (the daemon keeps running; `lms daemon down` stops it)."""
+    try:
+        result = local_client().server_stop()
+    except DaemonNotRunning:
+        output.info("The server is not running.")
+        raise typer.Exit(EXIT_FAILURE) from None
+    if not result["stopped"]:
+        output.info("The server is not running.")
+        raise typer.Exit(EXIT_FAILURE)
+    output.info(f"Stopped the server on port {result['port']}.")
+
+
+def server_status_json(status: DaemonStatus | None) -> dict[str, object]:
+    if status is None or not status["http"]["running"]:
+        return {"running": False}
+    return {"running": True, "port": status["http"]["port"]}
+
+
+@app.command()
+@handle_errors
+def status(json: JsonOption = False, host: HostOption = None, port: PortOption = None) -> None:
+    """Whether the server is running, and on which port."""
+    try:
+        daemon_status: DaemonStatus | None = make_client(host, port).status(timeout=5.0)
+    except DaemonNotRunning:
+        daemon_status = None
+    summary = server_status_json(daemon_status)
+    if json:
+        output.json_out(summary)
+    elif summary["running"]:
+        output.data(f"The server is running on port {summary['port']}.")
+    else:
+        output.data("The server is not running.")

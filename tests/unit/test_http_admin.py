@@ -1,0 +1,115 @@
+"""The HTTP app in-process, with a fake DaemonControl: routes, errors, channel rules."""
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from daemon.http.app import create_app
+from lms.api.admin import DaemonStatus
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.cors = False
+        self.http_running = True
+        self.shutdown_requested = False
+        self.started: list[dict[str, Any]] = []
+
+    def status(self) -> DaemonStatus:
+        return {
+            "status": "running",
+            "version": "0",
+            "api_version": 1,
+            "pid": 42,
+            "uptime_seconds": 1.0,
+            "socket": "/x.sock",
+            "http": {
+                "running": self.http_running,
+                "bind": "127.0.0.1",
+                "port": 1234,
+                "cors": self.cors,
+            },
+        }
+
+    async def start_http(self, *, port: int | None, bind: str | None, cors: bool | None) -> None:
+        self.started.append({"port": port, "bind": bind, "cors": cors})
+
+    async def stop_http(self) -> bool:
+        return True
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested = True
+
+
+@pytest.fixture
+def control() -> FakeControl:
+    return FakeControl()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, control: FakeControl) -> TestClient[Any, Any]:
+    app: web.Application = create_app(control, max_body_bytes=2048)
+    return await aiohttp_client(app)  # type: ignore[no-any-return]
+
+
+def assert_error_envelope(body: Any, code: str | None) -> None:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["code"] == code
+
+
+async def test_greeting_health_status(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/lmstudio-greeting")
+    assert (response.status, await response.json()) == (200, {"lmstudio": True})
+    response = await client.get("/health")
+    assert (response.status, await response.json()) == (200, {"status": "ok"})
+    response = await client.get("/api/admin/status")
+    assert (await response.json())["pid"] == 42
+
+
+async def test_unknown_route_is_404_in_openai_shape(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/chat/completions", json={})
+    assert response.status == 404
+    body = await response.json()
+    assert_error_envelope(body, "unknown_route")
+    assert "POST /chat/completions" in body["error"]["message"]
+
+
+async def test_wrong_method_is_405(client: TestClient[Any, Any]) -> None:
+    response = await client.delete("/health")
+    assert response.status == 405
+    assert_error_envelope(await response.json(), "method_not_allowed")
+
+
+async def test_state_changing_admin_calls_are_refused_over_tcp(
+    client: TestClient[Any, Any], control: FakeControl
+) -> None:
+    for path in ("/api/admin/shutdown", "/api/admin/server/start", "/api/admin/server/stop"):
+        response = await client.post(path, json={})
+        assert response.status == 403, path
+        assert_error_envelope(await response.json(), "forbidden")
+    assert not control.shutdown_requested
+    assert control.started == []
+
+
+async def test_cors_off_by_default(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/health", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_cors_on_answers_preflight_and_tags_responses(
+    client: TestClient[Any, Any], control: FakeControl
+) -> None:
+    control.cors = True
+    response = await client.options(
+        "/v1/chat/completions",
+        headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    response = await client.get("/nope", headers={"Origin": "http://app.example"})
+    assert response.status == 404
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
