@@ -20,6 +20,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from daemon.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+GUARDRAILS = ("off", "relaxed", "balanced", "strict")
 ENV_ALIASES = {"LMS_SERVER_HOST": "bind"}
 
 
@@ -36,6 +37,32 @@ class Settings:
     max_body_bytes: int = field(
         default=32 * 1024 * 1024, metadata={"help": "largest request body accepted (413 above)"}
     )
+    jit_loading: bool = field(
+        default=True,
+        metadata={"help": "load a model on the first request that names it"},
+    )
+    jit_ttl: float = field(
+        default=3600.0, metadata={"help": "idle seconds before a JIT-loaded model unloads"}
+    )
+    auto_evict: bool = field(
+        default=True,
+        metadata={"help": "JIT-loading a model first unloads the previous JIT-loaded ones"},
+    )
+    guardrail: str = field(
+        default="balanced",
+        metadata={"help": "memory guardrail for loads: off, relaxed, balanced, strict"},
+    )
+    default_context_length: int = field(
+        default=4096,
+        metadata={"help": "context length of a load that names none (capped by the model's)"},
+    )
+    default_parallel: int = field(
+        default=4, metadata={"help": "parallel request slots of a load that names none"}
+    )
+    restore_on_restart: bool = field(
+        default=True,
+        metadata={"help": "load again at start-up what `lms load` had loaded before"},
+    )
     models_dirs: list[str] = field(
         default_factory=list,
         metadata={"help": "folders holding models (default: ~/.lmstudio/models or data dir)"},
@@ -49,6 +76,15 @@ class Settings:
             raise InvalidSetting("log_level", f"must be one of {choices}, got {self.log_level!r}")
         if self.shutdown_timeout < 0:
             raise InvalidSetting("shutdown_timeout", "must not be negative")
+        if self.guardrail not in GUARDRAILS:
+            choices = ", ".join(GUARDRAILS)
+            raise InvalidSetting("guardrail", f"must be one of {choices}, got {self.guardrail!r}")
+        if self.jit_ttl < 0:
+            raise InvalidSetting("jit_ttl", "must not be negative")
+        if self.default_context_length < 16:
+            raise InvalidSetting("default_context_length", "must be at least 16")
+        if self.default_parallel < 1:
+            raise InvalidSetting("default_parallel", "must be at least 1")
         if self.max_body_bytes < 1024:
             raise InvalidSetting("max_body_bytes", "must be at least 1024")
 

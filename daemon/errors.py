@@ -10,7 +10,15 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     │   └── PayloadTooLarge    body over the limit (413)
     ├── NotFound               no such route or resource (404)
     │   └── ModelNotFound      no such model (404, code model_not_found)
-    └── Forbidden              not allowed on this channel (403)
+    ├── Forbidden              not allowed on this channel (403)
+    ├── LoadFailed             a model could not be loaded; says why
+    │   └── UnknownEngine      no engine by that name
+    ├── WorkerCrashed          a model's worker process died; names the signal/exit code
+    ├── ModelUnloaded          the model was unloaded while a request was using it
+    ├── EngineError            an engine failed one request; its worker lives on
+    └── ProtocolError          a malformed frame on a worker's private socket
+
+    InvalidRequest also has  ContextOverflow  (prompt longer than the loaded context).
 """
 
 
@@ -76,3 +84,50 @@ class AmbiguousModel(InvalidRequest):
 
 class ModelExists(InvalidRequest):
     """An import would overwrite a file that is already in the models directory."""
+
+
+class LoadFailed(LmsError):
+    """A model could not be loaded: file missing, not a model, out of memory, the worker
+    died while loading, ... The message says which and names the file."""
+
+
+class UnknownEngine(LoadFailed):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = list(known)
+        super().__init__(f"unknown engine {name!r}; known engines: {', '.join(self.known)}")
+
+
+class WorkerCrashed(LmsError):
+    """A model's worker process died (crash, abort(), kill -9, out of memory)."""
+
+    def __init__(self, pid: int, reason: str) -> None:
+        self.pid = pid
+        self.reason = reason
+        super().__init__(f"the model worker (pid {pid}) died: {reason}")
+
+
+class ModelUnloaded(LmsError):
+    """The model was unloaded (its worker shut down) while this request was running."""
+
+
+class EngineError(LmsError):
+    """An engine failed one request for a reason the client cannot fix; the worker lives on."""
+
+
+class ProtocolError(LmsError):
+    """A malformed frame on a worker's private socket (too large, not JSON, ...)."""
+
+
+class ContextOverflow(InvalidRequest):
+    """The prompt does not fit the loaded context; carries both numbers."""
+
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens long, but the model is loaded with a "
+            f"context length of {context_length} tokens; shorten the prompt or load the "
+            "model with a longer context",
+            code="context_length_exceeded",
+        )

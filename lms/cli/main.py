@@ -2,7 +2,7 @@
 
 import typer
 
-from lms.cli import daemon_cmds, info, server
+from lms.cli import daemon_cmds, info, models, server
 
 app = typer.Typer(
     name="lms",
@@ -15,6 +15,8 @@ app.add_typer(server.app, name="server")
 app.add_typer(daemon_cmds.app, name="daemon")
 app.command()(info.version)
 app.command()(info.status)
+app.command()(models.ls)
+app.command(name="import")(models.import_)
 
 
 def main() -> None:

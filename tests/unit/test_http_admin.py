@@ -1,12 +1,15 @@
 """The HTTP app in-process, with a fake DaemonControl: routes, errors, channel rules."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from daemon.config import Settings
 from daemon.http.app import create_app
+from daemon.model_store import ModelStore
 from lms.api.admin import DaemonStatus
 
 
@@ -49,8 +52,9 @@ def control() -> FakeControl:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, control: FakeControl) -> TestClient[Any, Any]:
-    app: web.Application = create_app(control, max_body_bytes=2048)
+async def client(aiohttp_client: Any, control: FakeControl, tmp_path: Path) -> TestClient[Any, Any]:
+    store = ModelStore([tmp_path / "models"], tmp_path / "cache.json")
+    app: web.Application = create_app(control, Settings(max_body_bytes=2048), store)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
 

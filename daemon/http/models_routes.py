@@ -1,0 +1,110 @@
+"""Model listings: LM Studio's `/api/v0/models`, OpenAI's `/v1/models`, and the admin
+listing and import behind `lms ls` and `lms import`."""
+
+import os
+from pathlib import Path
+from typing import Any, get_args
+
+from aiohttp import web
+
+from daemon.catalog import Catalog, ModelRecord, to_ls_json, to_v0_dict
+from daemon.errors import InvalidRequest
+from daemon.http.channel import require_unix_socket
+from daemon.http.errors import read_json_object
+from daemon.http.keys import MODELS, SETTINGS
+from daemon.importer import ImportMode
+from lms.api import models as api
+
+
+def _usable(catalog: Catalog) -> list[ModelRecord]:
+    return [r for r in catalog.records if r.error is None]
+
+
+def _created(record: ModelRecord) -> int:
+    try:
+        return int(record.abs_path.stat().st_mtime)
+    except OSError:
+        return 0
+
+
+async def v0_list(request: web.Request) -> web.Response:
+    catalog = await request.app[MODELS].catalog()
+    data = [to_v0_dict(r, "not-loaded", model_id=catalog.public_id(r)) for r in _usable(catalog)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def v0_get(request: web.Request) -> web.Response:
+    store = request.app[MODELS]
+    record = await store.resolve(request.match_info["model"])
+    catalog = await store.catalog()
+    return web.json_response(to_v0_dict(record, "not-loaded", model_id=catalog.public_id(record)))
+
+
+async def v1_list(request: web.Request) -> web.Response:
+    # LM Studio's rule: with JIT loading on, every downloaded model; else only loaded ones.
+    records: list[ModelRecord] = []
+    catalog = await request.app[MODELS].catalog()
+    if request.app[SETTINGS].jit_loading:
+        records = _usable(catalog)
+    data = [
+        {
+            "id": catalog.public_id(r),
+            "object": "model",
+            "created": _created(r),
+            "owned_by": r.publisher,
+        }
+        for r in records
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def admin_list(request: web.Request) -> web.Response:
+    store = request.app[MODELS]
+    catalog = await store.catalog(max_age=0)
+    models: list[dict[str, Any]] = []
+    for record in catalog.records:
+        item = to_ls_json(record, model_key=catalog.public_id(record))
+        item["loaded"] = False
+        if record.error is not None:
+            item["error"] = record.error
+        models.append(item)
+    return web.json_response({"models": models, "models_dirs": [str(d) for d in store.dirs]})
+
+
+async def admin_import(request: web.Request) -> web.Response:
+    require_unix_socket(request)  # it moves files on this machine
+    body = await read_json_object(request)
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise InvalidRequest("'path' must be the file to import", param="path")
+    mode = body.get("mode", "move")
+    if mode not in get_args(ImportMode):
+        choices = ", ".join(get_args(ImportMode))
+        raise InvalidRequest(f"'mode' must be one of {choices}", param="mode")
+    user_repo = body.get("user_repo")
+    if user_repo is not None and not isinstance(user_repo, str):
+        raise InvalidRequest("'user_repo' must be a string like publisher/repo", param="user_repo")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidRequest("'dry_run' must be true or false", param="dry_run")
+    result = await request.app[MODELS].import_file(
+        Path(os.path.expanduser(path)), mode=mode, user_repo=user_repo, dry_run=dry_run
+    )
+    reply: api.ImportReply = {
+        "source": str(result.source),
+        "target": str(result.target),
+        "mode": result.mode,
+        "user_repo": result.user_repo,
+        "dry_run": result.dry_run,
+        "warnings": list(result.warnings),
+    }
+    return web.json_response(reply)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(api.V0_MODELS_PATH, v0_list)
+    # Ids may hold "/" and "@": match the rest of the path.
+    app.router.add_get(api.V0_MODELS_PATH + "/{model:.+}", v0_get)
+    app.router.add_get(api.V1_MODELS_PATH, v1_list)
+    app.router.add_get(api.ADMIN_MODELS_PATH, admin_list)
+    app.router.add_post(api.ADMIN_IMPORT_PATH, admin_import)

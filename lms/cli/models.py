@@ -1,0 +1,179 @@
+"""`lms ls` and `lms import`: the models on disk."""
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lms.api import models as api
+from lms.cli import output
+from lms.cli.common import (
+    EXIT_FAILURE,
+    HostOption,
+    JsonOption,
+    PortOption,
+    handle_errors,
+    local_client,
+    make_client,
+)
+
+ARCH_NAMES = {
+    "llama": "Llama",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "qwen2_vl": "Qwen2-VL",
+    "gemma": "Gemma",
+    "gemma2": "Gemma2",
+    "gemma3": "Gemma3",
+    "mistral": "Mistral",
+    "phi3": "Phi-3",
+    "bert": "BERT",
+    "nomic-bert": "Nomic BERT",
+    "gpt-oss": "GPT-OSS",
+}
+COLUMN_GAP = "    "
+
+
+def format_size(size: int) -> str:
+    """Base-1000 sizes, as LM Studio prints them."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _table(title: str, rows: list[list[str]]) -> list[str]:
+    header = [title, "PARAMS", "ARCH", "SIZE", "DEVICE", ""]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        COLUMN_GAP.join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def _row(model: dict[str, Any]) -> list[str]:
+    arch = model.get("architecture") or ""
+    return [
+        model["modelKey"],
+        model.get("paramsString") or "",
+        ARCH_NAMES.get(arch, arch),
+        format_size(model["sizeBytes"]),
+        "Local",
+        "✓ LOADED" if model.get("loaded") else "",
+    ]
+
+
+def render_listing(models: list[dict[str, Any]], *, llm: bool, embedding: bool) -> str:
+    usable = [m for m in models if "error" not in m]
+    broken = [m for m in models if "error" in m]
+    if not models:
+        return "You have not downloaded any models yet."
+    total = sum(m["sizeBytes"] for m in usable)
+    lines = [
+        f"You have {len(usable)} model{'s' if len(usable) != 1 else ''}, "
+        f"taking up {format_size(total)} of disk space.",
+    ]
+    show_all = not llm and not embedding
+    llms = [_row(m) for m in usable if m["type"] == "llm"]
+    embeddings = [_row(m) for m in usable if m["type"] == "embedding"]
+    if (llm or show_all) and llms:
+        lines += ["", *_table("LLM", llms)]
+    if (embedding or show_all) and embeddings:
+        lines += ["", *_table("EMBEDDING", embeddings)]
+    if show_all and broken:
+        lines += ["", "UNUSABLE"]
+        lines += [f"{m['path']}{COLUMN_GAP}{m['error']}" for m in broken]
+    return "\n".join(lines)
+
+
+@handle_errors
+def ls(
+    llm: Annotated[bool, typer.Option("--llm", help="Only LLMs.")] = False,
+    embedding: Annotated[bool, typer.Option("--embedding", help="Only embedding models.")] = False,
+    json: JsonOption = False,
+    host: HostOption = None,
+    port: PortOption = None,
+) -> None:
+    """List the models on disk."""
+    listing = make_client(host, port).request("GET", api.ADMIN_MODELS_PATH)
+    models: list[dict[str, Any]] = listing["models"]
+    if json:
+        wanted = (
+            {"llm"}
+            if llm and not embedding
+            else {"embedding"}
+            if embedding and not llm
+            else {"llm", "embedding"}
+        )
+        output.json_out([m for m in models if m["type"] in wanted])
+        return
+    output.data(render_listing(models, llm=llm, embedding=embedding))
+
+
+@handle_errors
+def import_(
+    file: Annotated[Path, typer.Argument(help="The GGUF file to import.")],
+    copy: Annotated[bool, typer.Option("--copy", "-c", help="Copy instead of move.")] = False,
+    hard_link: Annotated[
+        bool, typer.Option("--hard-link", "-L", help="Hard-link instead of move.")
+    ] = False,
+    symbolic_link: Annotated[
+        bool, typer.Option("--symbolic-link", "-l", help="Symlink instead of move.")
+    ] = False,
+    user_repo: Annotated[
+        str | None,
+        typer.Option("--user-repo", help="Where to file it: <publisher>/<repo>."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Bring a GGUF file into the models folder (moves it unless told otherwise)."""
+    chosen = [
+        name
+        for name, on in (("copy", copy), ("hard-link", hard_link), ("symbolic-link", symbolic_link))
+        if on
+    ]
+    if len(chosen) > 1:
+        output.error("choose at most one of --copy, --hard-link and --symbolic-link")
+        raise typer.Exit(EXIT_FAILURE)
+    mode: api.ImportMode = chosen[0] if chosen else "move"  # type: ignore[assignment]
+    client = local_client()
+    request: api.ImportRequest = {
+        "path": os.path.abspath(file),
+        "mode": mode,
+        "user_repo": user_repo,
+        "dry_run": True,
+    }
+    plan: api.ImportReply = client.request("POST", api.ADMIN_IMPORT_PATH, request)
+    verb = {"move": "move", "copy": "copy", "hard-link": "hard-link", "symbolic-link": "symlink"}[
+        mode
+    ]
+    if dry_run:
+        output.data(f"Would {verb} {plan['source']} to {plan['target']}")
+        return
+    if (
+        not yes
+        and sys.stdin.isatty()
+        and not typer.confirm(
+            f"{verb.capitalize()} {plan['source']} to {plan['target']}?", default=True
+        )
+    ):
+        raise typer.Exit(EXIT_FAILURE)
+    done: api.ImportReply = client.request(
+        "POST", api.ADMIN_IMPORT_PATH, {**request, "dry_run": False}
+    )
+    for warning in done["warnings"]:
+        output.warn(warning)
+    past = {
+        "move": "Moved",
+        "copy": "Copied",
+        "hard-link": "Hard-linked",
+        "symbolic-link": "Symlinked",
+    }[mode]
+    output.info(f"{past} {done['source']} to {done['target']}")
