@@ -9,14 +9,17 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     ├── InvalidRequest         a request the client must fix (400)
     │   └── PayloadTooLarge    body over the limit (413)
     ├── NotFound               no such route or resource (404)
-    │   └── ModelNotFound      no such model (404, code model_not_found)
+    │   ├── ModelNotFound      no such model (404, code model_not_found)
+    │   └── ModelNotLoaded     on disk but not loaded, and JIT loading is off (404)
     ├── Forbidden              not allowed on this channel (403)
     ├── LoadFailed             a model could not be loaded; says why
     │   └── UnknownEngine      no engine by that name
     ├── WorkerCrashed          a model's worker process died; names the signal/exit code
     ├── ModelUnloaded          the model was unloaded while a request was using it
     ├── EngineError            an engine failed one request; its worker lives on
-    └── ProtocolError          a malformed frame on a worker's private socket
+    ├── ProtocolError          a malformed frame on a worker's private socket
+    ├── InsufficientMemory     the memory guardrail refuses a load; gives both numbers
+    └── ServerBusy             an instance's slots and queue are full (503 + Retry-After)
 
     InvalidRequest also has  ContextOverflow  (prompt longer than the loaded context).
 """
@@ -126,8 +129,34 @@ class ContextOverflow(InvalidRequest):
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
         super().__init__(
-            f"the prompt is {prompt_tokens} tokens long, but the model is loaded with a "
-            f"context length of {context_length} tokens; shorten the prompt or load the "
-            "model with a longer context",
+            f"the prompt is {prompt_tokens} tokens, which does not fit the model's loaded "
+            f"context of {context_length} tokens; shorten the prompt or load the model "
+            "with a longer context",
             code="context_length_exceeded",
         )
+
+
+class ModelNotLoaded(NotFound):
+    """The model exists on disk but is not loaded, and just-in-time loading is off."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = "model_not_loaded"
+
+
+class InsufficientMemory(LmsError):
+    """A load the memory guardrail refuses; carries both numbers."""
+
+    def __init__(self, message: str, *, needed_bytes: int, available_bytes: int) -> None:
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
+        self.code = "insufficient_memory"
+
+
+class ServerBusy(LmsError):
+    """Every slot and the queue of an instance are full; retry later (503)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,251 @@
+"""The engine interface used inside a worker process, and the plain data both sides share.
+
+Everything here is a frozen dataclass that crosses the worker's socket as JSON through
+`to_dict()` / `from_dict()`. Engines (llama.cpp, the fake, later MLX) implement `Engine`;
+the daemon never imports an engine, it talks to a worker (see host.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
+
+from daemon.errors import ProtocolError
+
+_T = TypeVar("_T")
+
+
+def _build(cls: type[_T], data: Mapping[str, Any], **converted: Any) -> _T:
+    """`cls(**data)` for the dataclass's own fields, with some values already converted."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in data.items() if k in names}
+    kwargs.update(converted)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """How to load one model instance."""
+
+    model_path: str
+    engine: str  # "llama_cpp" | "fake" | later "mlx"
+    context_length: int | None = None  # None: the engine's default (see docs/engines.md)
+    gpu_ratio: float = 0.0  # 0 = CPU only, 1 = every layer it can offload
+    parallel: int = 1
+    embedding: bool = False
+    n_threads: int | None = None
+    mmproj_path: str | None = None
+    verbose: bool = False  # let the engine's own logging through (to the daemon's debug log)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoadSpec:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a loaded instance really is (measured after loading, never guessed)."""
+
+    runtime_name: str  # e.g. "llama.cpp-linux-x86_64-cpu"
+    runtime_version: str
+    supported_formats: list[str]
+    context_length: int  # the loaded context, not the trained one
+    arch: str
+    quant: str | None
+    n_gpu_layers: int
+    embedding: bool
+    chat_template: bool  # the model ships its own chat template
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineInfo:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int | None = None  # None: until EOS or the context is full
+    temperature: float = 0.8  # 0 = greedy
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None  # same seed + same input -> same output
+    stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF text
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationParams:
+        bias = data.get("logit_bias") or {}
+        stop = data.get("stop") or []
+        return _build(
+            cls,
+            data,
+            logit_bias={int(k): float(v) for k, v in bias.items()},
+            stop=[str(s) for s in stop],
+        )
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "completion", "prompt": self.prompt, "params": self.params.to_dict()}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The worker renders the prompt with the model's own chat template."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    add_generation_prompt: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "chat",
+            "messages": self.messages,
+            "tools": self.tools,
+            "params": self.params.to_dict(),
+            "add_generation_prompt": self.add_generation_prompt,
+        }
+
+
+GenerationRequest = CompletionRequest | ChatRequest
+
+
+def request_from_dict(data: Mapping[str, Any]) -> GenerationRequest:
+    params = GenerationParams.from_dict(data.get("params") or {})
+    kind = data.get("kind")
+    if kind == "completion":
+        return _build(CompletionRequest, data, params=params)
+    if kind == "chat":
+        return _build(ChatRequest, data, params=params)
+    raise ProtocolError(f"unknown request kind {kind!r}")
+
+
+class StopReason(StrEnum):
+    """Why a generation ended; the values are LM Studio's."""
+
+    EOS = "eosFound"
+    STOP_STRING = "stopStringFound"
+    MAX_TOKENS = "maxPredictedTokensReached"
+    CONTEXT_FULL = "contextLengthReached"
+    USER_STOPPED = "userStopped"
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One sampled token. `text` is what to emit now: it can be empty (held back because
+    it may begin a stop string, or an incomplete UTF-8 character) or hold earlier tokens'
+    text too. `piece` is the token's own text, for logprobs. A last event with
+    `token_id=None` releases held-back text when the stream ends without a stop string."""
+
+    text: str
+    token_id: int | None
+    logprob: float | None = None
+    top_logprobs: list[tuple[str, float]] | None = None
+    piece: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TokenEvent:
+        top = data.get("top_logprobs")
+        pairs = None if top is None else [(str(t), float(p)) for t, p in top]
+        return _build(cls, data, top_logprobs=pairs)
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The last event of every generation."""
+
+    stop_reason: StopReason
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float  # seconds from the request to the first sampled token
+    generation_time: float  # seconds from the first sampled token to the last
+    tokens_per_second: float  # sampling rate after the first token (0 if too few to tell)
+    stop_string: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DoneEvent:
+        try:
+            reason = StopReason(str(data.get("stop_reason")))
+        except ValueError as exc:
+            raise ProtocolError(f"unknown stop reason {data.get('stop_reason')!r}") from exc
+        return _build(cls, data, stop_reason=reason)
+
+
+StreamEvent = TokenEvent | DoneEvent
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: list[list[float]]  # one unit-length vector per input text
+    prompt_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EmbedResult:
+        return _build(cls, data)
+
+
+class Engine(Protocol):
+    """What a worker needs from an engine. Calls come from one thread, one at a time;
+    `generate` is stepped token by token, so other calls may run between its steps."""
+
+    def load(self, spec: LoadSpec) -> EngineInfo:
+        """Load the model or raise LoadFailed saying why."""
+        ...
+
+    def generate(
+        self, request: GenerationRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[StreamEvent]:
+        """TokenEvents then one DoneEvent. Raises ContextOverflow before generating when
+        the prompt does not fit; checks `cancelled()` between tokens (-> "userStopped")."""
+        ...
+
+    def embed(self, texts: list[str]) -> EmbedResult: ...
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt text the model's chat template makes of these messages."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def close(self) -> None: ...

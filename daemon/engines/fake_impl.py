@@ -1,0 +1,210 @@
+"""A deterministic fake engine that ships in the package, for tests and demos.
+
+Its "model file" can be any small file. A file holding a JSON object is read as options:
+
+    {"fake": true, "token_delay": 0.01, "context_length": 256, "reply": "Hello there",
+     "endless": false, "babble": false, "memory_mb": 0, "load_delay": 0,
+     "crash_after_tokens": null, "fail_load": null, "embedding_dim": 16}
+
+It "generates" by echoing `reply`, else the last user message (chat) or the prompt
+(completion), one word (with its trailing space) per token, then EOS; `endless` repeats it
+until max_tokens or the context is full. With `babble` (or nothing to echo) it draws words
+at random from a small list with `random.Random(seed)`, so seeds matter. `LMS_FAKE_TOKEN_DELAY`
+(seconds) overrides `token_delay`; `crash_after_tokens` calls abort() like a broken native
+library would; `memory_mb` allocates (and touches) that much memory at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from daemon.engines.base import (
+    ChatRequest,
+    EmbedResult,
+    EngineInfo,
+    GenerationRequest,
+    LoadSpec,
+    StreamEvent,
+)
+from daemon.engines.streaming import RawToken, shape_stream
+from daemon.errors import ContextOverflow, InvalidRequest, LoadFailed
+
+TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
+WORDS = ("apple", "river", "stone", "cloud", "ember", "maple", "quartz", "delta", "lumen")
+EOS_ID = 0
+DELAY_ENV = "LMS_FAKE_TOKEN_DELAY"
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    fake: bool = True
+    token_delay: float = 0.0
+    load_delay: float = 0.0
+    context_length: int = 4096
+    reply: str | None = None
+    endless: bool = False
+    babble: bool = False
+    memory_mb: int = 0
+    crash_after_tokens: int | None = None
+    fail_load: str | None = None
+    embedding_dim: int = 16
+
+
+def read_options(path: str) -> FakeOptions:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+    except FileNotFoundError:
+        raise LoadFailed(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise LoadFailed(f"cannot read model file {path}: {exc.strerror}") from exc
+    if not head.lstrip().startswith(b"{"):
+        return FakeOptions()
+    try:
+        data = json.loads(head)
+    except ValueError as exc:
+        raise LoadFailed(f"{path} is not a fake model: invalid JSON ({exc})") from exc
+    known = {f.name for f in fields(FakeOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise LoadFailed(f"{path}: unknown fake model options {unknown}")
+    try:
+        return FakeOptions(**data)
+    except TypeError as exc:
+        raise LoadFailed(f"{path}: bad fake model options ({exc})") from exc
+
+
+def token_id(piece: str) -> int:
+    return 1 + zlib.crc32(piece.encode()) % 50_000
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self._options = FakeOptions()
+        self._ballast: bytearray | None = None
+        self._delay = 0.0
+
+    def load(self, spec: LoadSpec) -> EngineInfo:
+        options = read_options(spec.model_path)
+        if options.fail_load:
+            raise LoadFailed(options.fail_load)
+        time.sleep(options.load_delay)
+        if options.memory_mb:
+            self._ballast = bytearray(b"\x01") * (options.memory_mb << 20)
+        context = spec.context_length or options.context_length
+        self._options = replace(options, context_length=context)
+        self._delay = float(os.environ.get(DELAY_ENV) or options.token_delay)
+        return EngineInfo(
+            runtime_name="fake",
+            runtime_version="1",
+            supported_formats=["json"],
+            context_length=context,
+            arch="fake",
+            quant=None,
+            n_gpu_layers=0,
+            embedding=spec.embedding,
+            chat_template=True,
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(TOKEN_RE.findall(text))
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        parts = []
+        if tools:
+            parts.append(f"<|tools|>\n{json.dumps(tools, sort_keys=True)}\n")
+        for message in messages:
+            parts.append(f"<|{message.get('role', 'user')}|>\n{_text(message)}\n")
+        if add_generation_prompt:
+            parts.append("<|assistant|>\n")
+        return "".join(parts)
+
+    def generate(
+        self, request: GenerationRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[StreamEvent]:
+        started = time.perf_counter()
+        if isinstance(request, ChatRequest):
+            prompt = self.render_chat(request.messages, request.tools)
+            users = [m for m in request.messages if m.get("role") == "user"]
+            source = _text(users[-1]) if users else ""
+        else:
+            prompt = source = request.prompt
+        prompt_tokens = self.count_tokens(prompt)
+        if prompt_tokens >= self._options.context_length:
+            raise ContextOverflow(prompt_tokens, self._options.context_length)
+        if request.params.grammar is not None and not request.params.grammar.strip():
+            raise InvalidRequest("empty grammar", param="grammar")
+        text = self._options.reply if self._options.reply is not None else source
+        if self._options.babble or not text.strip():
+            rng = random.Random(request.params.seed)
+            pieces: Iterator[str] = (rng.choice(WORDS) + " " for _ in itertools.count())
+        else:
+            words = TOKEN_RE.findall(text)
+            if self._options.endless:
+                words[-1] = words[-1].rstrip() + " "  # "a b" repeats as "a b a b ..."
+                pieces = itertools.cycle(words)
+            else:
+                pieces = iter(words)
+        return shape_stream(
+            self._raw(pieces, request.params.logprobs, request.params.top_logprobs),
+            params=request.params,
+            prompt_tokens=prompt_tokens,
+            context_length=self._options.context_length,
+            cancelled=cancelled,
+            started=started,
+        )
+
+    def _raw(self, pieces: Iterator[str], logprobs: bool, top: int) -> Iterator[RawToken]:
+        for count, piece in enumerate(pieces):
+            crash_at = self._options.crash_after_tokens
+            if crash_at is not None and count >= crash_at:
+                os.abort()
+            time.sleep(self._delay)
+            tid = token_id(piece)
+            logprob = -(tid % 100) / 100 if logprobs else None
+            alternatives = [(piece, logprob or 0.0), (piece.upper(), -5.0)][:top] if top else None
+            yield RawToken(tid, piece.encode(), logprob=logprob, top_logprobs=alternatives)
+        yield RawToken(EOS_ID, b"", eog=True)
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        return EmbedResult(
+            vectors=[_hash_vector(t, self._options.embedding_dim) for t in texts],
+            prompt_tokens=sum(self.count_tokens(t) for t in texts),
+        )
+
+    def close(self) -> None:
+        self._ballast = None
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def _hash_vector(text: str, dim: int) -> list[float]:
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dim:
+        digest = hashlib.sha256(f"{block}:{text}".encode()).digest()
+        raw.extend(b / 127.5 - 1.0 for b in digest)
+        block += 1
+    norm = math.sqrt(sum(v * v for v in raw[:dim])) or 1.0
+    return [v / norm for v in raw[:dim]]
