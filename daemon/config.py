@@ -52,6 +52,12 @@ class Settings:
         default="balanced",
         metadata={"help": "memory guardrail for loads: off, relaxed, balanced, strict"},
     )
+    max_model_memory: int = field(
+        default=0,
+        metadata={
+            "help": "bytes all loaded models may use together (0: no cap beyond the guardrail)"
+        },
+    )
     default_context_length: int = field(
         default=4096,
         metadata={"help": "context length of a load that names none (capped by the model's)"},
@@ -81,6 +87,8 @@ class Settings:
             raise InvalidSetting("guardrail", f"must be one of {choices}, got {self.guardrail!r}")
         if self.jit_ttl < 0:
             raise InvalidSetting("jit_ttl", "must not be negative")
+        if self.max_model_memory < 0:
+            raise InvalidSetting("max_model_memory", "must not be negative")
         if self.default_context_length < 16:
             raise InvalidSetting("default_context_length", "must be at least 16")
         if self.default_parallel < 1:

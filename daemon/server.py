@@ -5,6 +5,7 @@ routes drive (start/stop/move the TCP listener, shutdown, status).
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -13,10 +14,12 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
+from daemon import restore
 from daemon.config import Settings
 from daemon.errors import StartupError
 from daemon.fsutil import atomic_write_text
 from daemon.http.app import create_app
+from daemon.manager import ModelManager
 from daemon.model_store import ModelStore, models_dirs_for
 from lms.api.admin import DaemonStatus, HttpListener
 from lms.api.version import API_VERSION, __version__
@@ -44,6 +47,8 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
         self._stopping = asyncio.Event()
+        self.manager: ModelManager | None = None
+        self._restoring: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -55,9 +60,23 @@ class Daemon:
             models_dirs_for(self.settings, self.paths.data_dir),
             self.paths.state_dir / "catalog-cache.json",
         )
-        app = create_app(self, self.settings, models)
+        loads_file = self.paths.state_dir / "loaded-models.json"
+        manager = ModelManager(
+            models,
+            self.settings,
+            on_change=lambda: restore.save(loads_file, manager.manual_loads()),
+        )
+        self.manager = manager
+        manager.start()
+        if self.settings.restore_on_restart:
+            self._restoring = asyncio.create_task(
+                restore.restore(manager, restore.read(loads_file))
+            )
+        app = create_app(self, self.settings, self.manager)
         self._runner = web.AppRunner(
             app,
+            # A client that disconnects cancels its handler: generation stops at once.
+            handler_cancellation=True,
             shutdown_timeout=self.settings.shutdown_timeout,
             access_log=logging.getLogger("aiohttp.access"),
         )
@@ -92,6 +111,12 @@ class Daemon:
             await self._runner.cleanup()
             self._runner = None
             self._tcp_site = None
+        if self._restoring is not None:
+            self._restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._restoring
+        if self.manager is not None:
+            await self.manager.close()
         self.paths.socket.unlink(missing_ok=True)
 
     # -- DaemonControl ---------------------------------------------------------------------

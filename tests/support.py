@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,57 @@ def link_smollm2(models_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(source)
     return target
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 60.0) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class SseStream:
+    """A streaming POST read event by event, so a test can act in the middle of it."""
+
+    def __init__(self, base_url: str, path: str, body: dict[str, Any], timeout: float = 60):
+        import http.client
+        from urllib.parse import urlparse
+
+        parsed = urlparse(base_url)
+        self.conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+        self.conn.request(
+            "POST", path, json.dumps({**body, "stream": True}), {"Content-Type": "application/json"}
+        )
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+
+    def events(self) -> Iterator[Any]:
+        """Each `data:` payload, parsed; the string "[DONE]" for the end marker."""
+        for raw in self.response:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            data = line.removeprefix("data: ")
+            yield "[DONE]" if data == "[DONE]" else json.loads(data)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "SseStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

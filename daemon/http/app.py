@@ -3,11 +3,11 @@
 from aiohttp import web
 
 from daemon.config import Settings
-from daemon.http import admin_routes, models_routes
+from daemon.http import admin_routes, inference_routes, lifecycle_routes, models_routes
 from daemon.http.control import DaemonControl
 from daemon.http.errors import Handler, error_middleware
-from daemon.http.keys import CONTROL, MODELS, SETTINGS
-from daemon.model_store import ModelStore
+from daemon.http.keys import CONTROL, MANAGER, MODELS, SETTINGS
+from daemon.manager import ModelManager
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -34,15 +34,20 @@ async def add_cors_headers(request: web.BaseRequest, response: web.StreamRespons
         response.headers.update(CORS_HEADERS)
 
 
-def create_app(control: DaemonControl, settings: Settings, models: ModelStore) -> web.Application:
+def create_app(
+    control: DaemonControl, settings: Settings, manager: ModelManager
+) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[cors_preflight_middleware, error_middleware],
     )
     app[CONTROL] = control
     app[SETTINGS] = settings
-    app[MODELS] = models
+    app[MODELS] = manager.store
+    app[MANAGER] = manager
     app.on_response_prepare.append(add_cors_headers)
     admin_routes.add_routes(app)
     models_routes.add_routes(app)
+    inference_routes.add_routes(app)
+    lifecycle_routes.add_routes(app)
     return app

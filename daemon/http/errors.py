@@ -9,13 +9,19 @@ from aiohttp import web
 
 from daemon.errors import (
     ConfigError,
+    EngineError,
     Forbidden,
+    InsufficientMemory,
     InvalidRequest,
     LmsError,
+    LoadFailed,
     ModelNotFound,
+    ModelUnloaded,
     NotFound,
     PayloadTooLarge,
+    ServerBusy,
     StartupError,
+    WorkerCrashed,
 )
 from lms.api.errors import error_envelope
 
@@ -30,6 +36,12 @@ ERROR_TABLE: dict[type[LmsError], tuple[int, str, str | None]] = {
     Forbidden: (403, "permission_error", "forbidden"),
     ConfigError: (400, "invalid_request_error", "invalid_config"),
     StartupError: (409, "server_error", "listener_failed"),
+    InsufficientMemory: (507, "server_error", "insufficient_memory"),
+    LoadFailed: (500, "server_error", "model_load_failed"),
+    WorkerCrashed: (502, "server_error", "model_crashed"),
+    ModelUnloaded: (503, "server_error", "model_unloaded"),
+    ServerBusy: (503, "server_error", "server_busy"),
+    EngineError: (500, "server_error", "engine_error"),
     LmsError: (500, "server_error", None),
 }
 
@@ -43,14 +55,20 @@ def error_response(
     return web.json_response(body, status=status)
 
 
+def classify(exc: LmsError) -> tuple[int, str, str | None]:
+    """(HTTP status, OpenAI error type, code) for a domain error."""
+    status, kind, code = next(ERROR_TABLE[c] for c in type(exc).__mro__ if c in ERROR_TABLE)
+    return status, kind, getattr(exc, "code", None) or code
+
+
 def response_for(exc: LmsError) -> web.Response:
-    for cls in type(exc).__mro__:
-        if cls in ERROR_TABLE:
-            status, kind, code = ERROR_TABLE[cls]
-            break
-    param = getattr(exc, "param", None)
-    code = getattr(exc, "code", None) or code
-    return error_response(status, str(exc), type=kind, param=param, code=code)
+    status, kind, code = classify(exc)
+    response = error_response(
+        status, str(exc), type=kind, param=getattr(exc, "param", None), code=code
+    )
+    if isinstance(exc, ServerBusy):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _http_exception_response(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -11,7 +11,7 @@ from daemon.catalog import Catalog, ModelRecord, to_ls_json, to_v0_dict
 from daemon.errors import InvalidRequest
 from daemon.http.channel import require_unix_socket
 from daemon.http.errors import read_json_object
-from daemon.http.keys import MODELS, SETTINGS
+from daemon.http.keys import MANAGER, MODELS, SETTINGS
 from daemon.importer import ImportMode
 from lms.api import models as api
 
@@ -42,18 +42,14 @@ async def v0_get(request: web.Request) -> web.Response:
 
 async def v1_list(request: web.Request) -> web.Response:
     # LM Studio's rule: with JIT loading on, every downloaded model; else only loaded ones.
-    records: list[ModelRecord] = []
     catalog = await request.app[MODELS].catalog()
     if request.app[SETTINGS].jit_loading:
-        records = _usable(catalog)
+        ids = [(catalog.public_id(r), r) for r in _usable(catalog)]
+    else:
+        ids = [(i.identifier, i.record) for i in request.app[MANAGER].instances() if i.usable]
     data = [
-        {
-            "id": catalog.public_id(r),
-            "object": "model",
-            "created": _created(r),
-            "owned_by": r.publisher,
-        }
-        for r in records
+        {"id": ident, "object": "model", "created": _created(r), "owned_by": r.publisher}
+        for ident, r in ids
     ]
     return web.json_response({"object": "list", "data": data})
 
@@ -61,10 +57,11 @@ async def v1_list(request: web.Request) -> web.Response:
 async def admin_list(request: web.Request) -> web.Response:
     store = request.app[MODELS]
     catalog = await store.catalog(max_age=0)
+    loaded = request.app[MANAGER].loaded_paths()
     models: list[dict[str, Any]] = []
     for record in catalog.records:
         item = to_ls_json(record, model_key=catalog.public_id(record))
-        item["loaded"] = False
+        item["loaded"] = len(loaded.get(record.path, []))
         if record.error is not None:
             item["error"] = record.error
         models.append(item)

@@ -2,7 +2,7 @@
 
 import typer
 
-from lms.cli import daemon_cmds, info, models, server
+from lms.cli import daemon_cmds, info, lifecycle, models, server
 
 app = typer.Typer(
     name="lms",
@@ -17,6 +17,9 @@ app.command()(info.version)
 app.command()(info.status)
 app.command()(models.ls)
 app.command(name="import")(models.import_)
+app.command()(lifecycle.load)
+app.command()(lifecycle.unload)
+app.command()(lifecycle.ps)
 
 
 def main() -> None:

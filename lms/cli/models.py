@@ -55,6 +55,10 @@ def _table(title: str, rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _loaded_marker(count: int) -> str:
+    return "" if count == 0 else "✓ LOADED" if count == 1 else f"✓ LOADED ({count})"
+
+
 def _row(model: dict[str, Any]) -> list[str]:
     arch = model.get("architecture") or ""
     return [
@@ -63,7 +67,7 @@ def _row(model: dict[str, Any]) -> list[str]:
         ARCH_NAMES.get(arch, arch),
         format_size(model["sizeBytes"]),
         "Local",
-        "✓ LOADED" if model.get("loaded") else "",
+        _loaded_marker(int(model.get("loaded") or 0)),
     ]
 
 

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from daemon.config import Settings
 from daemon.http.app import create_app
+from daemon.manager import ModelManager
 from daemon.model_store import ModelStore
 from lms.api.admin import DaemonStatus
 
@@ -53,8 +54,9 @@ def control() -> FakeControl:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, control: FakeControl, tmp_path: Path) -> TestClient[Any, Any]:
-    store = ModelStore([tmp_path / "models"], tmp_path / "cache.json")
-    app: web.Application = create_app(control, Settings(max_body_bytes=2048), store)
+    settings = Settings(max_body_bytes=2048)
+    manager = ModelManager(ModelStore([tmp_path / "models"], tmp_path / "cache.json"), settings)
+    app: web.Application = create_app(control, settings, manager)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
 

@@ -1,0 +1,275 @@
+"""OpenAI request bodies (chat, completions, embeddings) -> validated internal requests.
+`/v1` and `/api/v0` share these: LM Studio's v0 bodies are OpenAI's plus `ttl`."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.compat.durations import request_ttl
+from daemon.compat.fields import in_range, optional, required
+from daemon.engines.base import GenerationParams
+from daemon.errors import InvalidRequest
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class ParsedChat:
+    model: str
+    messages: list[dict[str, Any]]
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+    ttl: float | None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ParsedCompletion:
+    model: str
+    prompt: str
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+    ttl: float | None
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedEmbedding:
+    model: str
+    inputs: list[str] = field(default_factory=list)
+    ttl: float | None = None
+
+
+def _text_of(content: Any, where: str) -> str:
+    """Message content as text: a string, or content parts of type text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            f"'{where}.content' must be a string or an array of content parts",
+            param=f"{where}.content",
+            code="invalid_type",
+        )
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(
+                f"'{where}.content[{j}]' must be a content part object",
+                param=f"{where}.content",
+                code="invalid_type",
+            )
+        if part["type"] in ("text", "input_text"):
+            if not isinstance(part.get("text"), str):
+                raise InvalidRequest(
+                    f"'{where}.content[{j}].text' must be a string",
+                    param=f"{where}.content",
+                    code="invalid_type",
+                )
+            texts.append(part["text"])
+        else:
+            raise InvalidRequest(
+                f"content parts of type {part['type']!r} are not supported by this server "
+                "yet; send text",
+                param=f"{where}.content",
+                code="unsupported_content",
+            )
+    return "".join(texts)
+
+
+def parse_messages(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest(
+            "'messages' must be a non-empty array of messages",
+            param="messages",
+            code="invalid_type" if raw else "missing_required_parameter",
+        )
+    messages = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'{where}' must be an object", param="messages")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        out: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": _text_of(message.get("content"), where),
+        }
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None:
+            if role != "assistant" or not isinstance(tool_calls, list):
+                raise InvalidRequest(
+                    f"'{where}.tool_calls' must be an array on an assistant message",
+                    param=f"{where}.tool_calls",
+                )
+            out["tool_calls"] = tool_calls
+        for key in ("tool_call_id", "name"):
+            if isinstance(message.get(key), str):
+                out[key] = message[key]
+        messages.append(out)
+    return messages
+
+
+def parse_params(body: dict[str, Any]) -> GenerationParams:
+    defaults = GenerationParams()
+    n = optional(body, "n", int)
+    if n is not None and n != 1:
+        raise InvalidRequest(
+            "'n' must be 1: this server returns one choice per request",
+            param="n",
+            code="invalid_value",
+        )
+    temperature = optional(body, "temperature", float)
+    in_range("temperature", temperature, 0, 2)
+    top_p = optional(body, "top_p", float)
+    in_range("top_p", top_p, 0, 1)
+    top_k = optional(body, "top_k", int)
+    in_range("top_k", top_k, 0, 1_000_000)
+    min_p = optional(body, "min_p", float)
+    in_range("min_p", min_p, 0, 1)
+    presence = optional(body, "presence_penalty", float)
+    in_range("presence_penalty", presence, -2, 2)
+    frequency = optional(body, "frequency_penalty", float)
+    in_range("frequency_penalty", frequency, -2, 2)
+    repeat = optional(body, "repeat_penalty", float)
+    in_range("repeat_penalty", repeat, 0, 10)
+    max_tokens = optional(body, "max_tokens", int)
+    if max_tokens is None:
+        max_tokens = optional(body, "max_completion_tokens", int)
+    if max_tokens is not None and max_tokens < 0:
+        max_tokens = None  # LM Studio's -1: until the end of sequence or context
+    elif max_tokens == 0:
+        raise InvalidRequest(
+            "'max_tokens' must be at least 1 (or -1 for no limit)",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    stop = optional(body, "stop", str, list)
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (
+        len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise InvalidRequest(
+            f"'stop' must be a string or up to {MAX_STOP_STRINGS} non-empty strings",
+            param="stop",
+            code="invalid_value",
+        )
+    seed = optional(body, "seed", int)
+    logprobs = optional(body, "logprobs", bool, int)  # completions use an int: top-n
+    top_logprobs = optional(body, "top_logprobs", int)
+    if isinstance(logprobs, int) and not isinstance(logprobs, bool):
+        top_logprobs, logprobs = logprobs, True
+    in_range("top_logprobs", top_logprobs, 0, 20)
+    bias_raw = optional(body, "logit_bias", dict) or {}
+    logit_bias: dict[int, float] = {}
+    for token, value in bias_raw.items():
+        try:
+            token_id = int(token)
+        except ValueError:
+            raise InvalidRequest(
+                "'logit_bias' keys must be token ids", param="logit_bias", code="invalid_value"
+            ) from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRequest(
+                "'logit_bias' values must be numbers", param="logit_bias", code="invalid_type"
+            )
+        in_range("logit_bias", value, -100, 100)
+        logit_bias[token_id] = float(value)
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=defaults.temperature if temperature is None else temperature,
+        top_p=defaults.top_p if top_p is None else top_p,
+        top_k=defaults.top_k if top_k is None else top_k,
+        min_p=defaults.min_p if min_p is None else min_p,
+        repeat_penalty=defaults.repeat_penalty if repeat is None else repeat,
+        presence_penalty=presence or 0.0,
+        frequency_penalty=frequency or 0.0,
+        seed=seed,
+        stop=list(stop or []),
+        logit_bias=logit_bias,
+        logprobs=bool(logprobs),
+        top_logprobs=top_logprobs or 0,
+    )
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = bool(optional(body, "stream", bool))
+    options = optional(body, "stream_options", dict) or {}
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise InvalidRequest(
+            "'stream_options.include_usage' must be a boolean",
+            param="stream_options",
+            code="invalid_type",
+        )
+    return stream, include_usage
+
+
+def parse_chat(body: dict[str, Any]) -> ParsedChat:
+    model = required(body, "model", str)
+    messages = parse_messages(body.get("messages"))
+    stream, include_usage = _stream_flags(body)
+    response_format = optional(body, "response_format", dict)
+    tools = optional(body, "tools", list)
+    return ParsedChat(
+        model=model,
+        messages=messages,
+        params=parse_params(body),
+        stream=stream,
+        include_usage=include_usage,
+        ttl=request_ttl(body),
+        tools=tools or None,
+        tool_choice=body.get("tool_choice"),
+        response_format=response_format,
+    )
+
+
+def parse_completion(body: dict[str, Any]) -> ParsedCompletion:
+    model = required(body, "model", str)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if prompt is None:
+        raise InvalidRequest(
+            "'prompt' is required", param="prompt", code="missing_required_parameter"
+        )
+    if not isinstance(prompt, str):
+        raise InvalidRequest("'prompt' must be a string", param="prompt", code="invalid_type")
+    stream, include_usage = _stream_flags(body)
+    return ParsedCompletion(
+        model=model,
+        prompt=prompt,
+        params=parse_params(body),
+        stream=stream,
+        include_usage=include_usage,
+        ttl=request_ttl(body),
+        echo=bool(optional(body, "echo", bool)),
+    )
+
+
+def parse_embedding(body: dict[str, Any]) -> ParsedEmbedding:
+    model = required(body, "model", str)
+    raw = body.get("input")
+    if raw is None:
+        raise InvalidRequest(
+            "'input' is required", param="input", code="missing_required_parameter"
+        )
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
+        raise InvalidRequest(
+            "'input' must be a string or a non-empty array of strings",
+            param="input",
+            code="invalid_type",
+        )
+    return ParsedEmbedding(model=model, inputs=inputs, ttl=request_ttl(body))

@@ -1,0 +1,114 @@
+"""A loaded model instance and its lifecycle states.
+
+    loading ──► loaded ──► draining ──► unloaded
+       │           │                       ▲
+       └──► failed ◄── (worker died) ──────┘
+
+Transitions are checked: anything else is a bug, not a state.
+"""
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from daemon.catalog import ModelRecord
+from daemon.eviction import InstanceFacts, Origin
+
+if TYPE_CHECKING:
+    from daemon.engines.host import WorkerHandle
+
+
+class State(enum.Enum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    DRAINING = "draining"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+ALLOWED: dict[State, set[State]] = {
+    State.LOADING: {State.LOADED, State.FAILED, State.UNLOADED},
+    State.LOADED: {State.DRAINING, State.UNLOADED, State.FAILED},
+    State.DRAINING: {State.UNLOADED, State.FAILED},
+    State.UNLOADED: set(),
+    State.FAILED: set(),
+}
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    context_length: int
+    gpu_ratio: float | None  # None: the engine's choice (all layers when it can offload)
+    parallel: int
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a caller asked for; None fields take the defaults."""
+
+    context_length: int | None = None
+    gpu_ratio: float | None = None
+    parallel: int | None = None
+
+    def conflicts_with(self, config: LoadConfig) -> list[str]:
+        """The fields given here that differ from an existing instance's config."""
+        return [
+            name
+            for name in ("context_length", "gpu_ratio", "parallel")
+            if getattr(self, name) is not None and getattr(self, name) != getattr(config, name)
+        ]
+
+
+@dataclass(eq=False)
+class Instance:
+    identifier: str
+    record: ModelRecord
+    config: LoadConfig
+    origin: Origin
+    ttl: float | None
+    idle_since: float
+    state: State = State.LOADING
+    worker: "WorkerHandle | None" = None
+    in_flight: int = 0
+    prompt_processing: int = 0
+    generating: int = 0
+    load_seconds: float = 0.0
+    memory_bytes: int = 0
+    loaded: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def move_to(self, state: State) -> None:
+        if state not in ALLOWED[self.state]:
+            raise RuntimeError(f"{self.identifier}: {self.state.value} -> {state.value}")
+        self.state = state
+        if state in (State.UNLOADED, State.FAILED):
+            self.gone.set()
+
+    @property
+    def usable(self) -> bool:
+        """Accepts new requests: loading (they wait) or loaded, not draining or gone."""
+        return self.state in (State.LOADING, State.LOADED)
+
+    @property
+    def status(self) -> str:
+        """LM Studio's processing status, as `lms ps` shows it."""
+        if self.state is State.LOADING:
+            return "loading"
+        if self.generating:
+            return "generating"
+        if self.prompt_processing:
+            return "processingPrompt"
+        return "idle"
+
+    def facts(self) -> InstanceFacts:
+        return InstanceFacts(
+            identifier=self.identifier,
+            origin=self.origin,
+            in_flight=self.in_flight,
+            idle_since=self.idle_since,
+            ttl=self.ttl,
+            memory_bytes=self.memory_bytes,
+        )

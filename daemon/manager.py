@@ -1,0 +1,457 @@
+"""The model manager: the only owner of loaded instances.
+
+`async with manager.lease(name, ttl=...) as instance:` is the one way to use a model. It
+finds a loaded instance or loads one (just in time; concurrent callers share one load),
+counts the request, and on exit releases it. Idle TTLs start only when an instance has no
+request in flight; an instance chosen for eviction drains first, it is never cut off.
+Decisions come from the pure `daemon.eviction`; this module acts on them.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from daemon.catalog import ModelRecord
+from daemon.config import Settings
+from daemon.engines.base import LoadSpec
+from daemon.engines.host import WorkerHandle
+from daemon.errors import (
+    InsufficientMemory,
+    InvalidRequest,
+    LmsError,
+    LoadFailed,
+    ModelNotFound,
+    ModelNotLoaded,
+)
+from daemon.eviction import Origin, auto_evict_victims, expired, memory_victims, next_deadline
+from daemon.instance import Instance, LoadConfig, LoadRequest, State
+from daemon.memory import GuardrailMode, MemoryEstimate, allowed_bytes, estimate, format_bytes
+from daemon.model_store import ModelStore
+
+log = logging.getLogger(__name__)
+
+WorkerStarter = Callable[[LoadSpec, Callable[[WorkerHandle, str], None]], Awaitable[WorkerHandle]]
+
+
+async def start_worker(
+    spec: LoadSpec, on_exit: Callable[[WorkerHandle, str], None]
+) -> WorkerHandle:
+    return await WorkerHandle.start(spec, on_exit=on_exit)
+
+
+def available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def engine_for(record: ModelRecord) -> str:
+    return {"gguf": "llama_cpp", "mlx": "mlx"}[record.format]
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    record: ModelRecord
+    config: LoadConfig
+    estimate: MemoryEstimate
+    available_bytes: int
+    allowed_bytes: float
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total_bytes <= self.allowed_bytes
+
+
+class ModelManager:
+    def __init__(
+        self,
+        store: ModelStore,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        starter: WorkerStarter = start_worker,
+        memory: Callable[[], int] = available_memory,
+        engine_of: Callable[[ModelRecord], str] = engine_for,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._clock = clock
+        self._starter = starter
+        self._memory = memory
+        self._engine_of = engine_of
+        self._on_change = on_change or (lambda: None)  # persists manual loads
+        self._instances: dict[str, Instance] = {}
+        self._wake = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def instances(self) -> list[Instance]:
+        return sorted(self._instances.values(), key=lambda i: i.identifier)
+
+    def loaded_paths(self) -> dict[str, list[Instance]]:
+        """Loaded instances by the model's relative path (for listings)."""
+        by_path: dict[str, list[Instance]] = {}
+        for inst in self._instances.values():
+            if inst.usable:
+                by_path.setdefault(inst.record.path, []).append(inst)
+        return by_path
+
+    def manual_loads(self) -> list[dict[str, object]]:
+        """What `lms load` has loaded, to load again after a restart."""
+        return [
+            {
+                "model": i.record.path,
+                "identifier": i.identifier,
+                "ttl": i.ttl,
+                "context_length": i.config.context_length,
+                "gpu_ratio": i.config.gpu_ratio,
+                "parallel": i.config.parallel,
+            }
+            for i in self.instances()
+            if i.origin == "manual" and i.state is State.LOADED
+        ]
+
+    def _changed(self) -> None:
+        if not self._closing:
+            self._on_change()
+
+    def ttl_remaining(self, inst: Instance) -> float | None:
+        if inst.ttl is None:
+            return None
+        if inst.in_flight:
+            return inst.ttl
+        return max(0.0, inst.idle_since + inst.ttl - self._clock())
+
+    # -- planning --------------------------------------------------------------------------
+
+    def resolve_config(self, record: ModelRecord, request: LoadRequest) -> LoadConfig:
+        trained = record.max_context_length
+        context = request.context_length or min(
+            self.settings.default_context_length, trained or self.settings.default_context_length
+        )
+        if trained and context > trained:
+            raise InvalidRequest(
+                f"context length {context} is more than {record.key} supports ({trained})",
+                param="context_length",
+            )
+        if request.gpu_ratio is not None and not 0.0 <= request.gpu_ratio <= 1.0:
+            raise InvalidRequest("gpu must be off, max, or a ratio between 0 and 1", param="gpu")
+        parallel = request.parallel or self.settings.default_parallel
+        if parallel < 1:
+            raise InvalidRequest("parallel must be at least 1", param="parallel")
+        gpu = 1.0 if request.gpu_ratio is None else request.gpu_ratio
+        return LoadConfig(context_length=context, gpu_ratio=gpu, parallel=parallel)
+
+    async def plan(self, name: str, request: LoadRequest) -> LoadPlan:
+        return self._plan(await self.store.resolve(name), request)
+
+    def _plan(self, record: ModelRecord, request: LoadRequest) -> LoadPlan:
+        if record.error is not None:
+            raise LoadFailed(f"{record.path} cannot be loaded: {record.error}")
+        config = self.resolve_config(record, request)
+        available = self._memory()
+        if self.settings.max_model_memory:
+            used = sum(i.memory_bytes for i in self._instances.values() if i.usable)
+            available = max(0, min(available, self.settings.max_model_memory - used))
+        mode: GuardrailMode = self.settings.guardrail  # type: ignore[assignment]
+        return LoadPlan(
+            record,
+            config,
+            estimate(record, config.context_length),
+            available,
+            allowed_bytes(available, mode),
+        )
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def load(
+        self,
+        name: str,
+        request: LoadRequest = LoadRequest(),
+        *,
+        identifier: str | None = None,
+        ttl: float | None = None,
+        origin: Origin = "manual",
+        force: bool = False,
+    ) -> Instance:
+        """Load `name`, or return the instance already loaded with the same settings."""
+        inst = await self._get_or_start(name, request, identifier, ttl, origin, force)
+        await asyncio.shield(inst.loaded)
+        return inst
+
+    async def _get_or_start(
+        self,
+        name: str,
+        request: LoadRequest,
+        identifier: str | None,
+        ttl: float | None,
+        origin: Origin,
+        force: bool,
+    ) -> Instance:
+        record = await self.store.resolve(name)
+        catalog = await self.store.catalog()
+        ident = identifier or catalog.public_id(record)
+        while (existing := self._instances.get(ident)) is not None:
+            if existing.usable:
+                conflicts = request.conflicts_with(existing.config)
+                if existing.record.path != record.path or conflicts:
+                    what = ", ".join(conflicts) or f"model {existing.record.path}"
+                    raise InvalidRequest(
+                        f"{ident!r} is already loaded with a different {what}; unload it "
+                        "first, or load another instance with --identifier",
+                        param="identifier",
+                    )
+                if origin == "manual" and existing.origin == "jit":
+                    existing.origin = "manual"  # an explicit load pins it
+                if ttl is not None and origin == "manual":
+                    existing.ttl = ttl
+                return existing
+            await existing.gone.wait()  # draining: load afresh once it is gone
+        # No await from the check above to the registration below: concurrent callers
+        # for one model must find this instance, never start a second load.
+        plan = self._plan(record, request)
+        inst = Instance(
+            identifier=ident,
+            record=plan.record,
+            config=plan.config,
+            origin=origin,
+            ttl=ttl,
+            idle_since=self._clock(),
+            memory_bytes=plan.estimate.total_bytes,
+        )
+        self._instances[ident] = inst
+        self._spawn(self._load(inst, plan, force))
+        self._changed()
+        return inst
+
+    async def _load(self, inst: Instance, plan: LoadPlan, force: bool) -> None:
+        started = self._clock()
+        try:
+            if inst.origin == "jit" and self.settings.auto_evict:
+                await self._evict_for_jit(inst)
+            if not force and self.settings.guardrail != "off":
+                await self._make_room(inst, plan)
+            spec = LoadSpec(
+                model_path=str(plan.record.abs_path),
+                engine=self._engine_of(plan.record),
+                context_length=plan.config.context_length,
+                gpu_ratio=plan.config.gpu_ratio or 0.0,
+                parallel=plan.config.parallel,
+                embedding=plan.record.type == "embeddings",
+                mmproj_path=str(plan.record.mmproj) if plan.record.mmproj else None,
+            )
+            worker = await self._starter(spec, self._worker_exited)
+        except BaseException as exc:
+            inst.move_to(State.FAILED)
+            self._instances.pop(inst.identifier, None)
+            error = exc if isinstance(exc, LmsError) else LoadFailed(f"loading failed: {exc}")
+            inst.loaded.set_exception(error)
+            inst.loaded.exception()  # retrieved: no "never retrieved" warning if unawaited
+            self._changed()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if inst.state is not State.LOADING:  # unloaded while loading
+            await worker.close()
+            inst.loaded.set_exception(LoadFailed(f"{inst.identifier} was unloaded while loading"))
+            return
+        inst.worker = worker
+        inst.load_seconds = self._clock() - started
+        inst.idle_since = self._clock()
+        rss = worker.rss_bytes()
+        if rss:
+            inst.memory_bytes = rss
+        inst.move_to(State.LOADED)
+        inst.loaded.set_result(None)
+        log.info(
+            "loaded %s in %.2fs (%s)",
+            inst.identifier,
+            inst.load_seconds,
+            format_bytes(inst.memory_bytes),
+        )
+        self._wake.set()
+        self._changed()
+
+    async def _evict_for_jit(self, inst: Instance) -> None:
+        others = [i.facts() for i in self._instances.values() if i.state is State.LOADED]
+        for ident in auto_evict_victims(others, loading=inst.identifier):
+            log.info("auto-evict: unloading JIT model %s to load %s", ident, inst.identifier)
+            await self._retire(self._instances[ident], wait=False)
+
+    async def _make_room(self, inst: Instance, plan: LoadPlan) -> None:
+        loaded = [
+            i.facts() for i in self._instances.values() if i.state is State.LOADED and i is not inst
+        ]
+        victims = memory_victims(
+            loaded,
+            needed_bytes=plan.estimate.total_bytes,
+            available_bytes=int(plan.allowed_bytes),
+        )
+        if victims is None:
+            raise InsufficientMemory(
+                f"not enough memory to load {plan.record.key}: it needs about "
+                f"{format_bytes(plan.estimate.total_bytes)}, and the {self.settings.guardrail} "
+                f"guardrail allows {format_bytes(plan.allowed_bytes)} of the "
+                f"{format_bytes(plan.available_bytes)} available; unload a model, use a "
+                "smaller context length, or load with --force",
+                needed_bytes=plan.estimate.total_bytes,
+                available_bytes=plan.available_bytes,
+            )
+        for ident in victims:
+            log.info("memory guardrail: unloading idle JIT model %s", ident)
+            await self._retire(self._instances[ident], wait=True)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, name: str, *, ttl: float | None = None, request: LoadRequest = LoadRequest()
+    ) -> AsyncIterator[Instance]:
+        inst = self._find_usable(name)
+        if inst is None:
+            if not self.settings.jit_loading:
+                raise ModelNotLoaded(
+                    f"model {name!r} is not loaded and just-in-time loading is off; "
+                    f"load it with `lms load {name}`"
+                )
+            jit_ttl = self.settings.jit_ttl if ttl is None else ttl
+            inst = await self._get_or_start(name, request, None, jit_ttl, "jit", False)
+        # Count the request before waiting for the load, so nothing can expire it.
+        inst.in_flight += 1
+        self._wake.set()
+        try:
+            await asyncio.shield(inst.loaded)
+            yield inst
+        finally:
+            inst.in_flight -= 1
+            if inst.in_flight == 0:
+                inst.idle_since = self._clock()
+                if inst.state is State.DRAINING:
+                    self._spawn(self._close(inst))
+            self._wake.set()
+
+    def _find_usable(self, name: str) -> Instance | None:
+        exact = self._instances.get(name)
+        if exact is not None and exact.usable:
+            return exact
+        wanted = name.strip().lower()
+        candidates = [
+            i for i in self._instances.values() if i.usable and wanted in _names_of(i.record)
+        ]
+        return min(candidates, key=lambda i: i.in_flight, default=None)
+
+    # -- unloading -------------------------------------------------------------------------
+
+    async def unload(self, identifier: str) -> Instance:
+        inst = self._instances.get(identifier)
+        if inst is None or (not inst.usable and inst.state is not State.DRAINING):
+            loaded = ", ".join(sorted(self._instances)) or "none"
+            raise ModelNotFound(
+                f"no loaded model with identifier {identifier!r} (loaded: {loaded})"
+            )
+        await self._retire(inst, wait=True)
+        return inst
+
+    async def unload_all(self) -> list[str]:
+        idents = [i.identifier for i in self._instances.values() if i.usable]
+        await asyncio.gather(*(self._retire(self._instances[i], wait=True) for i in idents))
+        return idents
+
+    async def _retire(self, inst: Instance, *, wait: bool) -> None:
+        """Unload now if idle, else drain: no new requests, unload when the last ends."""
+        if inst.state is State.LOADING:
+            inst.move_to(State.UNLOADED)
+            self._instances.pop(inst.identifier, None)
+        elif inst.state is State.LOADED:
+            inst.move_to(State.DRAINING)
+            if inst.in_flight == 0:
+                self._spawn(self._close(inst))
+        self._changed()
+        if wait:
+            await inst.gone.wait()
+
+    async def _close(self, inst: Instance) -> None:
+        if inst.state is not State.DRAINING:
+            return
+        worker, inst.worker = inst.worker, None
+        if worker is not None:
+            await worker.close()
+        if inst.state is State.DRAINING:
+            inst.move_to(State.UNLOADED)
+        if self._instances.get(inst.identifier) is inst:
+            del self._instances[inst.identifier]
+        log.info("unloaded %s", inst.identifier)
+        self._changed()
+
+    def _worker_exited(self, worker: WorkerHandle, reason: str) -> None:
+        for inst in list(self._instances.values()):
+            if inst.worker is worker:
+                log.error(
+                    "model %s: %s; it will load again on the next request", inst.identifier, reason
+                )
+                inst.worker = None
+                inst.move_to(State.FAILED)
+                del self._instances[inst.identifier]
+                self._changed()
+
+    # -- the idle-TTL reaper ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="ttl-reaper")
+
+    async def _reap_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            facts = [i.facts() for i in self._instances.values() if i.state is State.LOADED]
+            for ident in expired(facts, self._clock()):
+                log.info("unloading %s: idle TTL expired", ident)
+                await self._retire(self._instances[ident], wait=False)
+            deadline = next_deadline(
+                i.facts() for i in self._instances.values() if i.state is State.LOADED
+            )
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def poke(self) -> None:
+        """Re-check TTLs now (tests with a controllable clock call this)."""
+        self._wake.set()
+
+    def _spawn(self, coro: "Awaitable[None]") -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for inst in list(self._instances.values()):
+            if inst.state is State.LOADING:
+                inst.move_to(State.UNLOADED)
+        workers = [i.worker for i in self._instances.values() if i.worker is not None]
+        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._instances.clear()
+
+
+def _names_of(record: ModelRecord) -> set[str]:
+    names = {
+        record.key,
+        record.variant_key,
+        record.path.lower(),
+        f"{record.publisher}/{record.key}".lower(),
+    }
+    if record.repo:
+        names.add(f"{record.publisher}/{record.repo}".lower())
+    return names

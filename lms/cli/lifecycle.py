@@ -1,0 +1,258 @@
+"""`lms load`, `lms unload` and `lms ps`: models in memory."""
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from lms.api import lifecycle as api
+from lms.cli import output
+from lms.cli.common import (
+    EXIT_FAILURE,
+    HostOption,
+    JsonOption,
+    PortOption,
+    handle_errors,
+    make_client,
+)
+from lms.cli.models import COLUMN_GAP, format_size
+from lms.client import Client
+
+
+def format_bytes(size: float) -> str:
+    """Base-1024, as LM Studio prints memory."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(value: float) -> str:
+    seconds = round(value)
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m" + (f" {seconds % 60}s" if seconds % 60 else "")
+    return f"{seconds}s"
+
+
+def _parse_gpu(value: str | None) -> str | float | None:
+    if value is None or value in ("off", "max"):
+        return value
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise typer.BadParameter("use off, max or a number between 0 and 1") from None
+    if not 0 <= ratio <= 1:
+        raise typer.BadParameter("use off, max or a number between 0 and 1")
+    return ratio
+
+
+def _pick(client: Client, key: str | None, *, exact: bool, yes: bool) -> str:
+    """The model key to load: an exact match, the only fuzzy match, or the user's pick."""
+    if key is None and (yes or not sys.stdin.isatty()):
+        output.error("name a model to load (see `lms ls`)")
+        raise typer.Exit(EXIT_FAILURE)
+    query = {"q": key or ""} | ({"exact": "1"} if exact else {})
+    from urllib.parse import urlencode
+
+    found = client.request("GET", f"{api.MATCH_PATH}?{urlencode(query)}")
+    if found["exact"] is not None:
+        return str(found["exact"]["modelKey"] if not exact else found["exact"]["path"])
+    candidates: list[dict[str, Any]] = found["candidates"]
+    if not candidates:
+        output.error(f"no model matches {key!r}; see `lms ls` for what is on disk")
+        raise typer.Exit(EXIT_FAILURE)
+    if len(candidates) == 1:
+        return str(candidates[0]["modelKey"])
+    names = [c["modelKey"] for c in candidates]
+    if yes or not sys.stdin.isatty():
+        output.error(f"{len(names)} models match {key!r}: {', '.join(names)}; name one exactly")
+        raise typer.Exit(EXIT_FAILURE)
+    for number, name in enumerate(names, 1):
+        output.info(f"  {number}. {name}")
+    choice = typer.prompt("Load which model", type=int, default=1)
+    if not 1 <= choice <= len(names):
+        output.error("no such choice")
+        raise typer.Exit(EXIT_FAILURE)
+    return str(names[choice - 1])
+
+
+@handle_errors
+def load(
+    key: Annotated[str | None, typer.Argument(help="Model key, alias or key@quant.")] = None,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", min=1, help="Unload after this many idle seconds.")
+    ] = None,
+    context_length: Annotated[
+        int | None, typer.Option("--context-length", "-c", min=1, help="Context length.")
+    ] = None,
+    gpu: Annotated[str | None, typer.Option("--gpu", help="GPU offload: off, max or 0..1.")] = None,
+    parallel: Annotated[
+        int | None, typer.Option("--parallel", min=1, help="Parallel request slots.")
+    ] = None,
+    identifier: Annotated[
+        str | None, typer.Option("--identifier", help="Name of the instance in the API.")
+    ] = None,
+    estimate_only: Annotated[
+        bool, typer.Option("--estimate-only", help="Print the memory estimate; do not load.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Load even if the memory guardrail says no.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Never ask.")] = False,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="KEY must be a model's path exactly.")
+    ] = False,
+    json: JsonOption = False,
+    host: HostOption = None,
+    port: PortOption = None,
+) -> None:
+    """Load a model into memory."""
+    client = make_client(host, port, timeout=600)
+    model = _pick(client, key, exact=exact, yes=yes)
+    body: dict[str, Any] = {"model": model}
+    for name, value in (
+        ("ttl", ttl),
+        ("context_length", context_length),
+        ("gpu", _parse_gpu(gpu)),
+        ("parallel", parallel),
+        ("identifier", identifier),
+    ):
+        if value is not None:
+            body[name] = value
+    if estimate_only:
+        _print_estimate(
+            client.request("POST", api.LOAD_PATH, {**body, "estimate_only": True}),
+            json=json,
+            context_given=context_length is not None,
+            gpu=gpu,
+        )
+        return
+    if force:
+        body["force"] = True
+    started = time.monotonic()
+    if json:
+        reply = client.request("POST", api.LOAD_PATH, body)
+    else:
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"Loading {model}..."):
+            reply = client.request("POST", api.LOAD_PATH, body)
+    if json:
+        output.json_out(reply)
+        return
+    instance = reply["instance"]
+    if reply["already_loaded"]:
+        output.info(f'{model} is already loaded as "{reply["instance_id"]}".')
+    else:
+        seconds = reply["load_time_seconds"] or time.monotonic() - started
+        output.info(
+            f"Model loaded successfully in {seconds:.2f}s. ({format_size(instance['memoryBytes'])})"
+        )
+    output.info(f'To use the model in the API/SDK, use the identifier "{reply["instance_id"]}".')
+
+
+def _print_estimate(
+    reply: dict[str, Any], *, json: bool, context_given: bool, gpu: str | None
+) -> None:
+    if json:
+        output.json_out(reply)
+        return
+    lines = [f"Model: {reply['model']}"]
+    if context_given:
+        lines.append(f"Context Length: {reply['context_length']:,}")
+    if gpu is not None:
+        lines.append(f"GPU Offload: {reply['gpu_ratio']:.0%}")
+    estimate = reply["estimate"]
+    lines += [
+        f"Estimated Weights:      {format_bytes(estimate['weights_bytes'])}",
+        f"Estimated KV Cache:     {format_bytes(estimate['kv_cache_bytes'])}",
+        f"Estimated Total Memory: {format_bytes(estimate['total_bytes'])}",
+        f"Available Memory:       {format_bytes(reply['available_bytes'])}"
+        f" ({reply['guardrail']} guardrail)",
+        "",
+    ]
+    if reply["passes_guardrails"]:
+        lines.append(
+            "Estimate: This model may be loaded based on your resource guardrails settings."
+        )
+    else:
+        lines.append(
+            "Estimate: This model will fail to load based on your resource guardrails settings."
+        )
+    output.data("\n".join(lines))
+
+
+@handle_errors
+def unload(
+    identifier: Annotated[str | None, typer.Argument(help="Identifier of the instance.")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Unload every model.")] = False,
+    host: HostOption = None,
+    port: PortOption = None,
+) -> None:
+    """Unload a model from memory (requests in flight finish first)."""
+    client = make_client(host, port, timeout=600)
+    if all_ and identifier:
+        output.error("give an identifier or --all, not both")
+        raise typer.Exit(EXIT_FAILURE)
+    if all_:
+        unloaded = client.request("POST", api.UNLOAD_PATH, {"all": True})["unloaded"]
+        output.info(f"Unloaded {len(unloaded)} model{'s' if len(unloaded) != 1 else ''}.")
+        return
+    if identifier is None:
+        loaded = [i["identifier"] for i in client.request("GET", api.INSTANCES_PATH)]
+        if not loaded:
+            output.error('You don\'t have any models loaded. Use "lms load" to load a model.')
+            raise typer.Exit(EXIT_FAILURE)
+        if len(loaded) > 1:
+            output.error(f"several models are loaded ({', '.join(loaded)}); name one, or use --all")
+            raise typer.Exit(EXIT_FAILURE)
+        identifier = loaded[0]
+    client.request("POST", api.UNLOAD_PATH, {"instance_id": identifier})
+    output.info(f'Model "{identifier}" unloaded.')
+
+
+def ps_table(instances: list[dict[str, Any]]) -> str:
+    header = ["IDENTIFIER", "MODEL", "STATUS", "SIZE", "CONTEXT", "PARALLEL", "DEVICE", "TTL"]
+    rows = [header]
+    for inst in instances:
+        ttl = ""
+        if inst["ttlMs"] is not None:
+            ttl = (
+                f"{format_duration(inst['ttlRemainingMs'] / 1000)} / "
+                f"{format_duration(inst['ttlMs'] / 1000)}"
+            )
+        rows.append(
+            [
+                inst["identifier"],
+                inst["modelKey"],
+                inst["status"].upper(),
+                format_size(inst["memoryBytes"]),
+                str(inst["contextLength"]),
+                "-" if inst["type"] == "embedding" else str(inst["parallel"]),
+                inst["device"],
+                ttl,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        COLUMN_GAP.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+@handle_errors
+def ps(json: JsonOption = False, host: HostOption = None, port: PortOption = None) -> None:
+    """List the models loaded in memory."""
+    instances: list[dict[str, Any]] = make_client(host, port).request("GET", api.INSTANCES_PATH)
+    if json:
+        output.json_out(instances)
+    elif not instances:
+        output.data("No models are currently loaded. To load a model, run: lms load <model>")
+    else:
+        output.data(ps_table(instances))
