@@ -6,6 +6,7 @@ from typing import Any
 
 from daemon.compat.durations import request_ttl
 from daemon.compat.fields import in_range, optional, required
+from daemon.compat.tools import ToolSetup, parse_tools
 from daemon.engines.base import GenerationParams
 from daemon.errors import InvalidRequest
 
@@ -21,9 +22,8 @@ class ParsedChat:
     stream: bool
     include_usage: bool
     ttl: float | None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    tools: ToolSetup | None = None
+    structured: dict[str, Any] | None = None  # from response_format
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,6 @@ def parse_chat(body: dict[str, Any]) -> ParsedChat:
     model = required(body, "model", str)
     messages = parse_messages(body.get("messages"))
     stream, include_usage = _stream_flags(body)
-    response_format = optional(body, "response_format", dict)
-    tools = optional(body, "tools", list)
     return ParsedChat(
         model=model,
         messages=messages,
@@ -229,9 +227,35 @@ def parse_chat(body: dict[str, Any]) -> ParsedChat:
         stream=stream,
         include_usage=include_usage,
         ttl=request_ttl(body),
-        tools=tools or None,
-        tool_choice=body.get("tool_choice"),
-        response_format=response_format,
+        tools=parse_tools(body.get("tools"), body.get("tool_choice")),
+        structured=parse_response_format(optional(body, "response_format", dict)),
+    )
+
+
+def parse_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Structured output: json_schema as given, json_object as any JSON object (LM Studio
+    refuses json_object; OpenAI clients send it), text or nothing as free text."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"schema": {"type": "object"}}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                "'response_format.json_schema.schema' must be a JSON schema object",
+                param="response_format",
+                code="invalid_value",
+            )
+        return {"schema": schema}
+    raise InvalidRequest(
+        "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+        param="response_format",
+        code="invalid_value",
     )
 
 

@@ -88,6 +88,10 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # GBNF text
+    # Structured output as data, turned into the engine's own constraint in the worker:
+    # {"schema": JSON schema, "prefix": str, "suffix": str, "repeat": bool} generates
+    # prefix + a JSON value matching schema + suffix (one or more times with repeat).
+    structured: dict[str, Any] | None = None
     logprobs: bool = False
     top_logprobs: int = 0
 

@@ -9,9 +9,11 @@ Studio's default, and a bound on KV-cache memory for models trained on 128k.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -306,6 +308,29 @@ class LlamaCppEngine:
             self._llm = None
 
 
+def structured_grammar(structured: dict[str, Any]) -> str:
+    """GBNF for prefix + a JSON value matching the schema + suffix (repeated when asked),
+    through llama.cpp's own JSON-schema converter."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(structured["schema"]))
+    except Exception as exc:  # the converter raises plain Exceptions on unsupported schemas
+        raise InvalidRequest(
+            f"the JSON schema cannot be turned into a grammar: {exc}", param="response_format"
+        ) from exc
+    rules = re.sub(r"^root ::=", "structured-value ::=", gbnf, flags=re.MULTILINE)
+    # json.dumps makes a GBNF string literal: the escapes are the same.
+    prefix, suffix = structured.get("prefix") or "", structured.get("suffix") or ""
+    item = " ".join(
+        [json.dumps(prefix)] * bool(prefix)
+        + ["structured-value"]
+        + [json.dumps(suffix)] * bool(suffix)
+    )
+    root = f"root ::= ({item} [ \\t\\n]*)+" if structured.get("repeat") else f"root ::= {item}"
+    return f"{root}\n{rules}"
+
+
 class Sampler:
     """One request's llama.cpp sampler chain, in llama.cpp's usual order: logit bias,
     penalties, grammar, then greedy (temperature 0) or top-k, top-p, min-p, temperature
@@ -333,10 +358,11 @@ class Sampler:
                     params.presence_penalty,
                 )
             )
-            if params.grammar is not None:
-                grammar = llama_cpp.llama_sampler_init_grammar(
-                    vocab, params.grammar.encode("utf-8"), b"root"
-                )
+            gbnf = params.grammar
+            if params.structured is not None:
+                gbnf = structured_grammar(params.structured)
+            if gbnf is not None:
+                grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
                 if not grammar:
                     raise InvalidRequest("the grammar is not valid GBNF", param="grammar")
                 self._add(grammar)

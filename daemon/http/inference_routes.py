@@ -5,12 +5,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from daemon.compat import requests as parse
 from daemon.compat import responses as render
+from daemon.compat import tools
+from daemon.compat.tools import Piece, ToolCallParser
 from daemon.engines.base import (
     ChatRequest,
     CompletionRequest,
@@ -88,6 +91,70 @@ async def _collect(inst: Instance, request: GenerationRequest) -> render.Generat
     raise LmsError("the generation ended without a result")
 
 
+class _Emitter:
+    """Writes one streamed completion as OpenAI chunks; with tools, routes text through
+    the tool-call parser so calls go out as `tool_calls` deltas, not as content."""
+
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        ids: tuple[str, str, int],
+        *,
+        chat: bool,
+        want_logprobs: bool,
+        parser: ToolCallParser | None,
+    ) -> None:
+        self.response = response
+        self.ids = ids
+        self.chat = chat
+        self.want_logprobs = want_logprobs and parser is None
+        self.parser = parser
+
+    async def token(self, event: TokenEvent) -> None:
+        if self.parser is not None:
+            await self.pieces(self.parser.feed(event.text))
+            return
+        with_logprobs = self.want_logprobs and event.token_id is not None
+        if not event.text and not with_logprobs:
+            return  # held back (a possible stop string); nothing to say yet
+        logprobs = None
+        if with_logprobs:
+            logprobs = (render.chat_logprobs if self.chat else render.completion_logprobs)([event])
+        await self.text(event.text, logprobs)
+
+    async def text(self, text: str, logprobs: dict[str, Any] | None = None) -> None:
+        if self.chat:
+            chunk = render.chat_chunk(*self.ids, delta={"content": text}, logprobs=logprobs)
+        else:
+            chunk = render.text_chunk(*self.ids, text=text, logprobs=logprobs)
+        await sse.send(self.response, chunk)
+
+    async def pieces(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            if isinstance(piece, str):
+                await self.text(piece)
+                continue
+            index = self.parser.calls.index(piece) if self.parser else 0
+            start = {
+                "index": index,
+                "id": piece.id,
+                "type": "function",
+                "function": {"name": piece.name, "arguments": ""},
+            }
+            arguments = {"index": index, "function": {"arguments": piece.arguments}}
+            for delta in (start, arguments):
+                await sse.send(
+                    self.response, render.chat_chunk(*self.ids, delta={"tool_calls": [delta]})
+                )
+
+    async def finish(self) -> bool:
+        """Flushes held-back text; True when the model made tool calls."""
+        if self.parser is None:
+            return False
+        await self.pieces(self.parser.finish())
+        return bool(self.parser.calls)
+
+
 async def _stream(
     http_request: web.Request,
     inst: Instance,
@@ -97,42 +164,41 @@ async def _stream(
     include_usage: bool,
     want_logprobs: bool,
     v0: bool,
+    parser: ToolCallParser | None = None,
 ) -> web.StreamResponse:
     model_id = inst.identifier
-    completion_id = render.new_id("chatcmpl" if chat else "cmpl")
-    created = int(time.time())
+    ids = (render.new_id("chatcmpl" if chat else "cmpl"), model_id, int(time.time()))
     async with _events(inst, request) as (stream, phase):
         # Errors before any output (a prompt longer than the context, ...) stay plain HTTP
         # errors: the stream's headers go out only once the first token is there.
         event = await anext(stream)
         phase.generating()
         response = await sse.open_stream(http_request)
+        emit = _Emitter(response, ids, chat=chat, want_logprobs=want_logprobs, parser=parser)
         try:
             if chat:
-                await sse.send(
-                    response,
-                    render.chat_chunk(
-                        completion_id, model_id, created, delta={"role": "assistant", "content": ""}
-                    ),
-                )
+                role = {"role": "assistant", "content": ""}
+                await sse.send(response, render.chat_chunk(*ids, delta=role))
             while isinstance(event, TokenEvent):
-                await _send_token(
-                    response,
-                    event,
-                    chat=chat,
-                    want_logprobs=want_logprobs,
-                    ids=(completion_id, model_id, created),
-                )
+                await emit.token(event)
                 event = await anext(stream)
             done = event
-            finish = render.finish_reason(done)
+            called = await emit.finish()
+            finish = render.finish_reason(done, tool_calls=called)
             if chat:
-                last = render.chat_chunk(completion_id, model_id, created, delta={}, finish=finish)
+                last = render.chat_chunk(*ids, delta={}, finish=finish)
             else:
-                last = render.text_chunk(completion_id, model_id, created, text="", finish=finish)
+                last = render.text_chunk(*ids, text="", finish=finish)
             if v0:
                 assert inst.worker is not None
-                last.update(render.lmstudio_extras(done, inst.record, inst.worker.info))
+                last.update(
+                    render.lmstudio_extras(
+                        done,
+                        inst.record,
+                        inst.worker.info,
+                        stop_reason="toolCalls" if called else None,
+                    )
+                )
             await sse.send(response, last)
             if include_usage:
                 await sse.send(response, render.usage_chunk(last, done))
@@ -146,25 +212,31 @@ async def _stream(
     return response
 
 
-async def _send_token(
-    response: web.StreamResponse,
-    event: TokenEvent,
-    *,
-    chat: bool,
-    want_logprobs: bool,
-    ids: tuple[str, str, int],
-) -> None:
-    with_logprobs = want_logprobs and event.token_id is not None
-    if not event.text and not with_logprobs:
-        return  # held back (a possible stop string); nothing to say yet
-    logprobs = None
-    if with_logprobs:
-        logprobs = (render.chat_logprobs if chat else render.completion_logprobs)([event])
-    if chat:
-        chunk = render.chat_chunk(*ids, delta={"content": event.text}, logprobs=logprobs)
-    else:
-        chunk = render.text_chunk(*ids, text=event.text, logprobs=logprobs)
-    await sse.send(response, chunk)
+def _chat_request(
+    inst: Instance, parsed: parse.ParsedChat
+) -> tuple[ChatRequest, ToolCallParser | None]:
+    """The engine request for a chat, with tools wired in: through the model's template
+    when it handles tools, else LM Studio's default format; `required` by grammar."""
+    setup = parsed.tools if parsed.tools is not None and parsed.tools.mode != "none" else None
+    if setup is None:
+        params = replace(parsed.params, structured=parsed.structured)
+        return ChatRequest(parsed.messages, None, params), None
+    if setup.mode == "required" and parsed.structured is not None:
+        raise InvalidRequest(
+            "'response_format' cannot be combined with a required tool call",
+            param="response_format",
+        )
+    native = "tool_use" in inst.record.capabilities
+    structured = (
+        tools.call_constraint(setup, native=native)
+        if setup.mode == "required"
+        else parsed.structured
+    )
+    params = replace(parsed.params, structured=structured)
+    if native:
+        return ChatRequest(parsed.messages, setup.tools, params), ToolCallParser(setup.names)
+    messages = tools.fallback_messages(parsed.messages, setup)
+    return ChatRequest(messages, None, params), ToolCallParser(setup.names)
 
 
 async def chat_completions(request: web.Request, *, v0: bool) -> web.StreamResponse:
@@ -172,7 +244,7 @@ async def chat_completions(request: web.Request, *, v0: bool) -> web.StreamRespo
     parsed = parse.parse_chat(body)
     async with request.app[MANAGER].lease(parsed.model, ttl=parsed.ttl) as inst:
         _require_llm(inst)
-        engine_request = ChatRequest(parsed.messages, parsed.tools, parsed.params)
+        engine_request, parser = _chat_request(inst, parsed)
         if parsed.stream:
             return await _stream(
                 request,
@@ -182,12 +254,21 @@ async def chat_completions(request: web.Request, *, v0: bool) -> web.StreamRespo
                 include_usage=parsed.include_usage,
                 want_logprobs=parsed.params.logprobs,
                 v0=v0,
+                parser=parser,
             )
         generated = await _collect(inst, engine_request)
+        calls: list[dict[str, Any]] = []
+        if parser is not None:
+            pieces = parser.feed(generated.text) + parser.finish()
+            generated.text = "".join(p for p in pieces if isinstance(p, str))
+            calls = [call.to_openai() for call in parser.calls]
         body_out = render.chat_completion(
-            inst.identifier, generated, want_logprobs=parsed.params.logprobs
+            inst.identifier,
+            generated,
+            want_logprobs=parsed.params.logprobs,
+            tool_calls=calls or None,
         )
-        return _json(body_out, inst, generated, v0)
+        return _json(body_out, inst, generated, v0, stop_reason="toolCalls" if calls else None)
 
 
 async def completions(request: web.Request, *, v0: bool) -> web.StreamResponse:
@@ -217,11 +298,20 @@ async def completions(request: web.Request, *, v0: bool) -> web.StreamResponse:
 
 
 def _json(
-    body: dict[str, Any], inst: Instance, generated: render.Generated, v0: bool
+    body: dict[str, Any],
+    inst: Instance,
+    generated: render.Generated,
+    v0: bool,
+    *,
+    stop_reason: str | None = None,
 ) -> web.Response:
     if v0:
         assert inst.worker is not None and generated.done is not None
-        body.update(render.lmstudio_extras(generated.done, inst.record, inst.worker.info))
+        body.update(
+            render.lmstudio_extras(
+                generated.done, inst.record, inst.worker.info, stop_reason=stop_reason
+            )
+        )
     return web.json_response(body)
 
 
