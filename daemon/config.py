@@ -65,6 +65,12 @@ class Settings:
     default_parallel: int = field(
         default=4, metadata={"help": "parallel request slots of a load that names none"}
     )
+    max_queue: int = field(
+        default=16,
+        metadata={
+            "help": "requests that may wait per instance beyond its parallel slots (503 above)"
+        },
+    )
     restore_on_restart: bool = field(
         default=True,
         metadata={"help": "load again at start-up what `lms load` had loaded before"},
@@ -91,6 +97,8 @@ class Settings:
             raise InvalidSetting("max_model_memory", "must not be negative")
         if self.default_context_length < 16:
             raise InvalidSetting("default_context_length", "must be at least 16")
+        if self.max_queue < 0:
+            raise InvalidSetting("max_queue", "must not be negative")
         if self.default_parallel < 1:
             raise InvalidSetting("default_parallel", "must be at least 1")
         if self.max_body_bytes < 1024:

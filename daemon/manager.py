@@ -25,6 +25,7 @@ from daemon.errors import (
     LoadFailed,
     ModelNotFound,
     ModelNotLoaded,
+    ServerBusy,
 )
 from daemon.eviction import Origin, auto_evict_victims, expired, memory_victims, next_deadline
 from daemon.instance import Instance, LoadConfig, LoadRequest, State
@@ -323,6 +324,13 @@ class ModelManager:
                 )
             jit_ttl = self.settings.jit_ttl if ttl is None else ttl
             inst = await self._get_or_start(name, request, None, jit_ttl, "jit", False)
+        capacity = inst.config.parallel + self.settings.max_queue
+        if inst.in_flight >= capacity:
+            raise ServerBusy(
+                f"{inst.identifier} is busy: {inst.config.parallel} requests running and "
+                f"{self.settings.max_queue} waiting; retry shortly",
+                retry_after=1,
+            )
         # Count the request before waiting for the load, so nothing can expire it.
         inst.in_flight += 1
         self._wake.set()

@@ -1,6 +1,7 @@
 """Helpers for integration tests: run `lmsd` and `lms` as real processes in isolated
 folders, wait for the daemon, and make sure no daemon outlives its test."""
 
+import http.client
 import json
 import os
 import signal
@@ -214,7 +215,6 @@ class SseStream:
     """A streaming POST read event by event, so a test can act in the middle of it."""
 
     def __init__(self, base_url: str, path: str, body: dict[str, Any], timeout: float = 60):
-        import http.client
         from urllib.parse import urlparse
 
         parsed = urlparse(base_url)
@@ -222,8 +222,18 @@ class SseStream:
         self.conn.request(
             "POST", path, json.dumps({**body, "stream": True}), {"Content-Type": "application/json"}
         )
-        self.response = self.conn.getresponse()
-        self.status = self.response.status
+        self._response: http.client.HTTPResponse | None = None
+
+    @property
+    def response(self) -> http.client.HTTPResponse:
+        """Waits for the response headers (they go out with the first token)."""
+        if self._response is None:
+            self._response = self.conn.getresponse()
+        return self._response
+
+    @property
+    def status(self) -> int:
+        return self.response.status
 
     def events(self) -> Iterator[Any]:
         """Each `data:` payload, parsed; the string "[DONE]" for the end marker."""
