@@ -14,6 +14,7 @@ from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError, StartupError
 from daemon.lock import InstanceLock, ensure_writable_dir, prepare_private_dir
 from daemon.logs import setup_logging
+from daemon.notify import ServiceNotifier
 from daemon.server import Daemon
 from lms.api.version import __version__
 from lms.paths import Paths, resolve_paths
@@ -83,12 +84,15 @@ async def serve(settings: Settings, paths: Paths) -> int:
     lock = InstanceLock(paths.lock_file)
     lock.acquire()
     daemon = Daemon(settings, paths)
+    notifier = ServiceNotifier()
     try:
         install_signal_handlers(daemon)
         await daemon.start()
         log.info("lmsd %s ready (pid %d)", __version__, os.getpid())
+        notifier.ready(f"serving on {paths.socket}")
         await daemon.wait_for_shutdown_request()
     finally:
+        await notifier.stopping()
         await daemon.close()
         lock.release()
     log.info("lmsd stopped")

@@ -1,6 +1,7 @@
 """`lms daemon up | down | status`: the lmsd process itself."""
 
 import time
+from typing import Annotated
 
 import typer
 
@@ -12,7 +13,7 @@ from lms.cli.common import (
     handle_errors,
     local_client,
 )
-from lms.cli.spawn import spawn_daemon, wait_until_ready
+from lms.cli.spawn import start_daemon
 from lms.client import DaemonNotRunning
 
 app = typer.Typer(help="Start, stop and inspect the lmsd daemon.", no_args_is_help=True)
@@ -29,7 +30,7 @@ def up(json: JsonOption = False) -> None:
         status = client.status(timeout=5.0)
         started = False
     except DaemonNotRunning:
-        status = wait_until_ready(client, spawn_daemon([]))
+        status = start_daemon(client, [])
         started = True
     if json:
         output.json_out({"status": "running", "pid": status["pid"], "version": status["version"]})
@@ -86,3 +87,47 @@ def status(json: JsonOption = False) -> None:
         output.json_out({"status": "running", "pid": status["pid"], "version": status["version"]})
     else:
         output.data(f"lmsd v{status['version']} is running (PID: {status['pid']})")
+
+
+@app.command()
+@handle_errors
+def install(
+    system: Annotated[
+        bool, typer.Option("--system", help="System-wide, as the `lmsd` user (needs root).")
+    ] = False,
+    no_start: Annotated[
+        bool, typer.Option("--no-start", help="Install and enable, but do not start now.")
+    ] = False,
+) -> None:
+    """Run lmsd at boot: install a systemd (Linux) or launchd (macOS) service."""
+    from lms import service
+
+    try:
+        planned = service.plan(system=system)
+        service.install(planned, start=not no_start)
+    except service.ServiceError as exc:
+        output.error(str(exc))
+        raise typer.Exit(EXIT_FAILURE) from None
+    output.info(f"Installed {planned.target}")
+    if planned.staged:
+        output.info("Staged under LMS_SERVICE_ROOT: no service manager was touched.")
+    elif no_start:
+        output.info("Enabled at boot; start it now with `lms daemon up`.")
+    else:
+        output.info("Enabled at boot and started.")
+
+
+@app.command()
+@handle_errors
+def uninstall(
+    system: Annotated[bool, typer.Option("--system", help="The system-wide service.")] = False,
+) -> None:
+    """Stop running lmsd at boot and remove its service."""
+    from lms import service
+
+    try:
+        removed = service.uninstall(service.plan(system=system))
+    except service.ServiceError as exc:
+        output.error(str(exc))
+        raise typer.Exit(EXIT_FAILURE) from None
+    output.info("Service removed." if removed else "No lmsd service is installed.")

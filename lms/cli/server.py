@@ -16,7 +16,7 @@ from lms.cli.common import (
     local_client,
     make_client,
 )
-from lms.cli.spawn import spawn_daemon, wait_until_ready
+from lms.cli.spawn import start_daemon
 from lms.client import DaemonNotRunning
 
 app = typer.Typer(help="Start, stop and inspect the HTTP server.", no_args_is_help=True)
@@ -63,9 +63,9 @@ def start(
         client.status(timeout=5.0)
     except DaemonNotRunning:
         args = [f"--{name}={value}" for name, value in request.items() if name != "cors"]
-        process = spawn_daemon([*args, "--cors"] if cors else args)
-        status = wait_until_ready(client, process)
-        if not status["http"]["running"]:
+        status = start_daemon(client, [*args, "--cors"] if cors else args)
+        # A service-managed daemon ignores our flags: apply them to the listener now.
+        if request or not status["http"]["running"]:
             client.server_start(request)
     else:
         client.server_start(request)

@@ -37,14 +37,29 @@ def spawn_daemon(args: list[str]) -> subprocess.Popen[bytes]:
         )
 
 
-def wait_until_ready(client: Client, process: subprocess.Popen[bytes]) -> DaemonStatus:
+def start_daemon(client: Client, args: list[str]) -> DaemonStatus:
+    """Starts the daemon through the service manager when its service is installed (so
+    it stays supervised), else spawns it detached; returns once it answers."""
+    from lms import service
+
+    installed = service.installed_plan()
+    if installed is None:
+        return wait_until_ready(client, spawn_daemon(args))
+    try:
+        service.start_service(installed)
+    except service.ServiceError as exc:
+        raise SpawnFailed(str(exc)) from exc
+    return wait_until_ready(client, None)
+
+
+def wait_until_ready(client: Client, process: subprocess.Popen[bytes] | None) -> DaemonStatus:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         try:
             return client.status(timeout=2.0)
         except DaemonNotRunning:
             pass
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             # Lost a race with another `lms server start`? Then that daemon will answer.
             try:
                 return client.status(timeout=2.0)
