@@ -28,7 +28,22 @@ ENV_ALIASES = {"LMS_SERVER_HOST": "bind"}
 class Settings:
     port: int = field(default=1234, metadata={"help": "TCP port of the HTTP API"})
     bind: str = field(default="127.0.0.1", metadata={"help": "address the HTTP API binds to"})
-    cors: bool = field(default=False, metadata={"help": "answer CORS requests from any origin"})
+    cors: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "origins allowed to call the API from a browser ('*': any); off when empty",
+            "separator": ",",
+        },
+    )
+    require_api_key: bool = field(
+        default=False,
+        metadata={"help": "require an API key on TCP even on loopback (always off the loopback)"},
+    )
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "allow binding beyond loopback without any API key"},
+    )
+    metrics: bool = field(default=False, metadata={"help": "serve Prometheus metrics at /metrics"})
     http: bool = field(default=True, metadata={"help": "start the TCP listener with the daemon"})
     log_level: str = field(default="info", metadata={"help": "one of " + ", ".join(LOG_LEVELS)})
     shutdown_timeout: float = field(
@@ -75,6 +90,13 @@ class Settings:
         default=True,
         metadata={"help": "load again at start-up what `lms load` had loaded before"},
     )
+    preload: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={
+            "help": "models to load at start: [{model, identifier?, context_length?, "
+            "ttl?, parallel?, gpu?}]"
+        },
+    )
     models_dirs: list[str] = field(
         default_factory=list,
         metadata={"help": "folders holding models (default: ~/.lmstudio/models or data dir)"},
@@ -114,6 +136,11 @@ class InvalidSetting(ConfigError):
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+SEPARATORS = {
+    f.name: f.metadata["separator"]
+    for f in dataclasses.fields(Settings)
+    if "separator" in f.metadata
+}
 _TYPES: dict[str, Any] = get_type_hints(Settings)
 
 
@@ -138,7 +165,7 @@ def coerce(name: str, value: Any, source: str, *, from_text: bool = False) -> An
         tp = next(a for a in get_args(tp) if a is not type(None))
     bad = ConfigError(f"{source}: {name!r} must be {_type_name(tp)}, got {value!r}")
     if from_text and isinstance(value, str) and tp is not str:
-        value = _parse_string(tp, value, bad)
+        value = _parse_string(tp, value, bad, SEPARATORS.get(name, os.pathsep))
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -152,12 +179,54 @@ def coerce(name: str, value: Any, source: str, *, from_text: bool = False) -> An
     elif tp is str:
         if not isinstance(value, str):
             raise bad
-    elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise bad  # the only other type of setting: a list of strings
+    elif get_args(tp) and get_args(tp)[0] is str:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad
+    else:  # a list of load specifications: `preload`
+        value = _check_preload(value, source)
     return value
 
 
-def _parse_string(tp: Any, text: str, bad: ConfigError) -> Any:
+PRELOAD_FIELDS = {
+    "model": str,
+    "identifier": str,
+    "context_length": int,
+    "ttl": float,
+    "parallel": int,
+    "gpu": (str, float),
+}
+
+
+def _check_preload(value: Any, source: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: 'preload' must be a list of {{model: ..., ...}} entries")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise ConfigError(f"{source}: 'preload[{i}]' must be a mapping with a 'model' key")
+        for key, item in entry.items():
+            kind = PRELOAD_FIELDS.get(key)
+            if kind is None:
+                known = ", ".join(PRELOAD_FIELDS)
+                raise ConfigError(f"{source}: unknown key 'preload[{i}].{key}' (known: {known})")
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            numeric = isinstance(item, int | float) and not isinstance(item, bool)
+            if not (isinstance(item, kinds) and not isinstance(item, bool)) and not (
+                float in kinds and numeric
+            ):
+                raise ConfigError(f"{source}: 'preload[{i}].{key}' has the wrong type")
+    return value
+
+
+def yaml_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_string(tp: Any, text: str, bad: ConfigError, separator: str) -> Any:
     try:
         if tp is bool:
             lowered = text.strip().lower()
@@ -171,7 +240,9 @@ def _parse_string(tp: Any, text: str, bad: ConfigError) -> Any:
         if tp is float:
             return float(text)
         if get_origin(tp) is list:
-            return [part for part in text.split(os.pathsep) if part]
+            if get_args(tp)[0] is not str:
+                return yaml_value(text)
+            return [part.strip() for part in text.split(separator) if part.strip()]
     except ValueError:
         raise bad from None
     raise bad
@@ -248,3 +319,23 @@ def load_settings(
         return Settings(**merged)
     except InvalidSetting as exc:
         raise ConfigError(f"{sources.get(exc.key, 'default')}: {exc}") from None
+
+
+def save_setting(config_file: Path, key: str, value: Any) -> None:
+    """Write one setting into the YAML config file, keeping the others (comments are not
+    kept). Atomic: the file is replaced, never half-written."""
+    import yaml
+
+    from daemon.fsutil import atomic_write_text
+
+    current: dict[str, Any] = {}
+    try:
+        loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        if isinstance(loaded, dict):
+            current = loaded
+    except FileNotFoundError:
+        pass
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{config_file}: cannot update the config file: {exc}") from exc
+    current[key] = value
+    atomic_write_text(config_file, yaml.safe_dump(current, sort_keys=False), mode=0o644)

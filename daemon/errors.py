@@ -11,7 +11,8 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     ├── NotFound               no such route or resource (404)
     │   ├── ModelNotFound      no such model (404, code model_not_found)
     │   └── ModelNotLoaded     on disk but not loaded, and JIT loading is off (404)
-    ├── Forbidden              not allowed on this channel (403)
+    ├── Forbidden              not allowed on this channel or with this key (403)
+    ├── Unauthorized           no API key, or an unknown one, where keys are required (401)
     ├── LoadFailed             a model could not be loaded; says why
     │   └── UnknownEngine      no engine by that name
     ├── WorkerCrashed          a model's worker process died; names the signal/exit code
@@ -160,3 +161,11 @@ class ServerBusy(LmsError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Unauthorized(LmsError):
+    """No API key, or one we do not know, where authentication is on (401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = "invalid_api_key"

@@ -31,7 +31,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, help="TCP port of the HTTP API (default 1234)")
     parser.add_argument("--bind", help="address the HTTP API binds to (default 127.0.0.1)")
-    parser.add_argument("--cors", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--cors",
+        nargs="?",
+        const="*",
+        metavar="ORIGINS",
+        help="allow these comma-separated browser origins (alone: any origin)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow binding beyond loopback without API keys",
+    )
     parser.add_argument(
         "--no-http",
         dest="http",
@@ -59,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "port": args.port,
                 "bind": args.bind,
                 "cors": args.cors,
+                "insecure": args.insecure,
                 "http": args.http,
                 "log_level": args.log_level,
             },
@@ -72,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.detached:
             ensure_writable_dir(paths.log_dir, "log")
         setup_logging(settings.log_level, log_file=paths.log_file if args.detached else None)
-        return asyncio.run(serve(settings, paths))
+        return asyncio.run(serve(settings, paths, args.config or paths.config_file))
     except StartupError as exc:
         print(f"lmsd: error: {exc}", file=sys.stderr)
         if args.detached:
@@ -80,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP_ERROR
 
 
-async def serve(settings: Settings, paths: Paths) -> int:
+async def serve(settings: Settings, paths: Paths, config_file: Path) -> int:
     lock = InstanceLock(paths.lock_file)
     lock.acquire()
-    daemon = Daemon(settings, paths)
+    daemon = Daemon(settings, paths, config_file)
     notifier = ServiceNotifier()
     try:
         install_signal_handlers(daemon)

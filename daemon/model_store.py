@@ -40,6 +40,10 @@ class ModelStore:
         self._catalog: Catalog | None = None
         self._scanned_at = 0.0
 
+    def set_dirs(self, dirs: Sequence[Path]) -> None:
+        self.dirs = list(dirs)
+        self._scanned_at = 0.0  # the next listing rescans
+
     @property
     def import_dir(self) -> Path:
         """Imports go to the first models folder."""

@@ -38,11 +38,17 @@ def read(path: Path) -> list[dict[str, Any]]:
     )
 
 
+def _gpu(value: Any) -> float | None:
+    return {"off": 0.0, "max": 1.0}.get(value, value) if value is not None else None
+
+
 async def restore(manager: ModelManager, entries: list[dict[str, Any]]) -> None:
+    """Load each entry (restored `lms load`s, then the config's `preload` list); a model
+    that cannot be loaded is logged and skipped, never stops the daemon."""
     for entry in entries:
         request = LoadRequest(
             context_length=entry.get("context_length"),
-            gpu_ratio=entry.get("gpu_ratio"),
+            gpu_ratio=_gpu(entry.get("gpu_ratio", entry.get("gpu"))),
             parallel=entry.get("parallel"),
         )
         try:

@@ -11,14 +11,18 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from aiohttp import web
 
 from daemon import restore
-from daemon.config import Settings
+from daemon.auth import KeyStore
+from daemon.config import Settings, save_setting
 from daemon.errors import StartupError
+from daemon.events import EventBus, EventLogHandler
 from daemon.fsutil import atomic_write_text
 from daemon.http.app import create_app
+from daemon.http.security import is_loopback
 from daemon.manager import ModelManager
 from daemon.model_store import ModelStore, models_dirs_for
 from lms.api.admin import DaemonStatus, HttpListener
@@ -35,20 +39,30 @@ MAX_SOCKET_PATH = 100
 class HttpConfig:
     bind: str
     port: int
-    cors: bool
+    cors: tuple[str, ...]  # allowed browser origins; "*" for any
+
+
+# Settings that only take effect when the daemon starts.
+RESTART_ONLY = frozenset(
+    {"http", "shutdown_timeout", "max_body_bytes", "restore_on_restart", "preload"}
+)
 
 
 class Daemon:
-    def __init__(self, settings: Settings, paths: Paths) -> None:
+    def __init__(self, settings: Settings, paths: Paths, config_file: Path) -> None:
         self.settings = settings
         self.paths = paths
+        self.config_file = config_file
         self._started_at = time.monotonic()
-        self._http = HttpConfig(bind=settings.bind, port=settings.port, cors=settings.cors)
+        self._http = HttpConfig(bind=settings.bind, port=settings.port, cors=tuple(settings.cors))
+        self.keys = KeyStore(paths.state_dir / "api-keys.json")
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
         self._stopping = asyncio.Event()
         self.manager: ModelManager | None = None
         self._restoring: asyncio.Task[None] | None = None
+        self.events = EventBus()
+        self._event_log: EventLogHandler | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -56,6 +70,9 @@ class Daemon:
         socket_path = self.paths.socket
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise StartupError(f"socket path too long for the OS: {socket_path}")
+        # Server logs also go to `lms log stream --source server`.
+        self._event_log = EventLogHandler(self.events, asyncio.get_running_loop())
+        logging.getLogger().addHandler(self._event_log)
         models = ModelStore(
             models_dirs_for(self.settings, self.paths.data_dir),
             self.paths.state_dir / "catalog-cache.json",
@@ -68,11 +85,11 @@ class Daemon:
         )
         self.manager = manager
         manager.start()
-        if self.settings.restore_on_restart:
-            self._restoring = asyncio.create_task(
-                restore.restore(manager, restore.read(loads_file))
-            )
-        app = create_app(self, self.settings, self.manager)
+        at_start = restore.read(loads_file) if self.settings.restore_on_restart else []
+        at_start += self.settings.preload
+        if at_start:
+            self._restoring = asyncio.create_task(restore.restore(manager, at_start))
+        app = create_app(self, self.manager, self.events)
         self._runner = web.AppRunner(
             app,
             # A client that disconnects cancels its handler: generation stops at once.
@@ -103,6 +120,8 @@ class Daemon:
 
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish up to the deadline, close all."""
+        # Open log streams end now, so they never hold up the drain below.
+        self.events.close()
         if self._runner is not None:
             log.info(
                 "shutting down: waiting up to %.0fs for in-flight requests",
@@ -118,19 +137,58 @@ class Daemon:
         if self.manager is not None:
             await self.manager.close()
         self.paths.socket.unlink(missing_ok=True)
+        if self._event_log is not None:
+            logging.getLogger().removeHandler(self._event_log)
+            self._event_log = None
 
     # -- DaemonControl ---------------------------------------------------------------------
 
     @property
-    def cors(self) -> bool:
+    def cors(self) -> tuple[str, ...]:
         return self._http.cors
 
-    async def start_http(self, *, port: int | None, bind: str | None, cors: bool | None) -> None:
+    async def apply_setting(self, key: str, new: Settings) -> bool:
+        await asyncio.to_thread(save_setting, self.config_file, key, getattr(new, key))
+        self.settings = new
+        assert self.manager is not None
+        self.manager.settings = new
+        if key == "log_level":
+            logging.getLogger().setLevel(new.log_level.upper())
+        elif key == "models_dirs":
+            self.manager.store.set_dirs(models_dirs_for(new, self.paths.data_dir))
+        elif key in ("port", "bind", "cors") and self._tcp_site is not None:
+            await self.start_http(port=new.port, bind=new.bind, cors=new.cors)
+        elif key in ("port", "bind", "cors"):
+            self._http = HttpConfig(new.bind, new.port, tuple(new.cors))
+        log.info(
+            "setting %s = %r (%s)",
+            key,
+            getattr(new, key),
+            "at next start" if key in RESTART_ONLY else "applied",
+        )
+        return key not in RESTART_ONLY
+
+    def auth_required(self) -> bool:
+        """API keys are checked on TCP when asked for, and always beyond loopback once
+        keys exist (beyond loopback without keys, only `insecure` lets us listen)."""
+        if self.settings.require_api_key:
+            return True
+        return bool(self.keys) and not is_loopback(self._http.bind)
+
+    async def start_http(
+        self, *, port: int | None, bind: str | None, cors: list[str] | None
+    ) -> None:
         wanted = HttpConfig(
             bind=self._http.bind if bind is None else bind,
             port=self._http.port if port is None else port,
-            cors=self._http.cors if cors is None else cors,
+            cors=self._http.cors if cors is None else tuple(cors),
         )
+        if not is_loopback(wanted.bind) and not self.keys and not self.settings.insecure:
+            raise StartupError(
+                f"refusing to listen on {wanted.bind}: beyond loopback an API key is "
+                "required; create one with `lms server key create --scope admin`, then "
+                "start again (or pass --insecure to serve the network without keys)"
+            )
         same_address = (wanted.bind, wanted.port) == (self._http.bind, self._http.port)
         if self._tcp_site is not None and (same_address or wanted.port == 0):
             self._http = replace(wanted, port=self._http.port)
@@ -158,7 +216,7 @@ class Daemon:
             "running": self._tcp_site is not None,
             "bind": self._http.bind,
             "port": self._http.port,
-            "cors": self._http.cors,
+            "cors": list(self._http.cors),
         }
         return {
             "status": "running",
@@ -189,8 +247,11 @@ class Daemon:
         self._tcp_site = site
         self._http = replace(config, port=port)
         log.info("HTTP API listening on http://%s:%d", config.bind, port)
-        if config.cors:
-            log.warning("CORS is enabled: any website you visit can use this server")
+        if "*" in config.cors:
+            log.warning("CORS is enabled for any origin: any website you visit can use this server")
+        if not is_loopback(config.bind):
+            keys = "API keys required" if self.auth_required() else "NO API KEY (--insecure)"
+            log.warning("listening beyond loopback on %s: %s", config.bind, keys)
 
     def _remember_port(self) -> None:
         try:

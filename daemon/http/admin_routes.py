@@ -5,9 +5,9 @@ from typing import Any
 from aiohttp import web
 
 from daemon.errors import InvalidRequest
-from daemon.http.channel import require_unix_socket
 from daemon.http.errors import read_json_object
 from daemon.http.keys import CONTROL
+from daemon.http.security import require_admin
 from lms.api import admin
 
 
@@ -26,7 +26,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def shutdown(request: web.Request) -> web.Response:
-    require_unix_socket(request)
+    require_admin(request)
     control = request.app[CONTROL]
     control.request_shutdown()
     return web.json_response({"status": "stopping", "pid": control.status()["pid"]})
@@ -41,21 +41,31 @@ def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _cors_origins(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return ["*"] if value else []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidRequest("'cors' must be a list of origins (or true for any)", param="cors")
+
+
 async def server_start(request: web.Request) -> web.Response:
-    require_unix_socket(request)
+    require_admin(request)
     body = await read_json_object(request) if request.can_read_body else {}
     port = _optional(body, "port", int)
     if port is not None and not 0 <= port <= 65535:
         raise InvalidRequest("'port' must be between 0 and 65535", param="port")
     control = request.app[CONTROL]
     await control.start_http(
-        port=port, bind=_optional(body, "bind", str), cors=_optional(body, "cors", bool)
+        port=port, bind=_optional(body, "bind", str), cors=_cors_origins(body.get("cors"))
     )
     return web.json_response(control.status()["http"])
 
 
 async def server_stop(request: web.Request) -> web.Response:
-    require_unix_socket(request)
+    require_admin(request)
     control = request.app[CONTROL]
     was_running = await control.stop_http()
     return web.json_response({"stopped": was_running, **control.status()["http"]})

@@ -21,6 +21,7 @@ from daemon.errors import (
     PayloadTooLarge,
     ServerBusy,
     StartupError,
+    Unauthorized,
     WorkerCrashed,
 )
 from lms.api.errors import error_envelope
@@ -34,6 +35,7 @@ ERROR_TABLE: dict[type[LmsError], tuple[int, str, str | None]] = {
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     NotFound: (404, "invalid_request_error", "not_found"),
     Forbidden: (403, "permission_error", "forbidden"),
+    Unauthorized: (401, "invalid_request_error", "invalid_api_key"),
     ConfigError: (400, "invalid_request_error", "invalid_config"),
     StartupError: (409, "server_error", "listener_failed"),
     InsufficientMemory: (507, "server_error", "insufficient_memory"),

@@ -2,12 +2,14 @@
 
 from aiohttp import web
 
-from daemon.config import Settings
+from daemon.events import EventBus
 from daemon.http.control import DaemonControl
 from daemon.manager import ModelManager
+from daemon.metrics import Metrics
 from daemon.model_store import ModelStore
 
 CONTROL = web.AppKey("control", DaemonControl)
-SETTINGS = web.AppKey("settings", Settings)
 MODELS = web.AppKey("models", ModelStore)
 MANAGER = web.AppKey("manager", ModelManager)
+EVENTS = web.AppKey("events", EventBus)
+METRICS = web.AppKey("metrics", Metrics)

@@ -11,7 +11,7 @@ from daemon.catalog import Catalog, ModelRecord, to_ls_json, to_v0_dict
 from daemon.errors import InvalidRequest
 from daemon.http.channel import require_unix_socket
 from daemon.http.errors import read_json_object
-from daemon.http.keys import MANAGER, MODELS, SETTINGS
+from daemon.http.keys import MANAGER, MODELS
 from daemon.importer import ImportMode
 from lms.api import models as api
 
@@ -43,7 +43,7 @@ async def v0_get(request: web.Request) -> web.Response:
 async def v1_list(request: web.Request) -> web.Response:
     # LM Studio's rule: with JIT loading on, every downloaded model; else only loaded ones.
     catalog = await request.app[MODELS].catalog()
-    if request.app[SETTINGS].jit_loading:
+    if request.app[MANAGER].settings.jit_loading:
         ids = [(catalog.public_id(r), r) for r in _usable(catalog)]
     else:
         ids = [(i.identifier, i.record) for i in request.app[MANAGER].instances() if i.usable]

@@ -14,7 +14,7 @@ class HttpListener(TypedDict):
     running: bool
     bind: str
     port: int
-    cors: bool
+    cors: list[str]  # browser origins allowed ("*": any); empty when CORS is off
 
 
 class DaemonStatus(TypedDict):
@@ -30,4 +30,4 @@ class DaemonStatus(TypedDict):
 class ServerStartRequest(TypedDict, total=False):
     port: int
     bind: str
-    cors: bool
+    cors: list[str]

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from lms.api.admin import DaemonStatus, ServerStartRequest
-from lms.cli import output
+from lms.cli import output, server_config
 from lms.cli.common import (
     EXIT_FAILURE,
     HostOption,
@@ -20,6 +20,8 @@ from lms.cli.spawn import start_daemon
 from lms.client import DaemonNotRunning
 
 app = typer.Typer(help="Start, stop and inspect the HTTP server.", no_args_is_help=True)
+app.add_typer(server_config.config_app, name="config")
+app.add_typer(server_config.key_app, name="key")
 
 
 def _is_loopback(address: str) -> bool:
@@ -44,10 +46,25 @@ def start(
             "--bind", help="Address to listen on (default 127.0.0.1).", envvar="LMS_SERVER_HOST"
         ),
     ] = None,
-    cors: Annotated[bool, typer.Option("--cors", help="Allow requests from any website.")] = False,
+    cors: Annotated[
+        str | None,
+        typer.Option(
+            "--cors",
+            is_flag=False,
+            flag_value="*",
+            metavar="[ORIGINS]",
+            help="Let websites call the server: alone, any website (*); or a comma-separated "
+            "allow-list of origins.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Allow binding beyond loopback without API keys."),
+    ] = False,
 ) -> None:
     """Start the server (and the daemon, if it is not running)."""
-    if cors:
+    origins = [o.strip() for o in cors.split(",") if o.strip()] if cors is not None else None
+    if origins is not None and "*" in origins:
         output.warn("CORS is enabled. This means any website you visit can use the server.")
     if bind is not None and not _is_loopback(bind):
         output.warn(f"binding to {bind}: the server will be reachable from other machines.")
@@ -57,17 +74,27 @@ def start(
         request["port"] = port
     if bind is not None:
         request["bind"] = bind
-    if cors:
-        request["cors"] = True
+    if origins is not None:
+        request["cors"] = origins
     try:
         client.status(timeout=5.0)
     except DaemonNotRunning:
         args = [f"--{name}={value}" for name, value in request.items() if name != "cors"]
-        status = start_daemon(client, [*args, "--cors"] if cors else args)
+        if origins is not None:
+            args.append("--cors=" + ",".join(origins))
+        if insecure:
+            args.append("--insecure")
+        status = start_daemon(client, args)
         # A service-managed daemon ignores our flags: apply them to the listener now.
         if request or not status["http"]["running"]:
             client.server_start(request)
     else:
+        if insecure:
+            output.error(
+                "the daemon is already running: --insecure applies when it starts "
+                "(`lms daemon down` first, or `lms server config set insecure true`)"
+            )
+            raise typer.Exit(EXIT_FAILURE)
         client.server_start(request)
     http = client.status()["http"]
     if not http["running"]:

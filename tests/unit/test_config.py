@@ -14,7 +14,7 @@ def write(path: Path, text: str) -> Path:
 def test_defaults(tmp_path: Path) -> None:
     settings = load_settings(config_file=tmp_path / "missing.yaml", env={})
     assert settings == Settings()
-    assert (settings.port, settings.bind, settings.cors) == (1234, "127.0.0.1", False)
+    assert (settings.port, settings.bind, settings.cors) == (1234, "127.0.0.1", [])
 
 
 def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
@@ -24,8 +24,14 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
     assert only_state.port == 1500
     from_file = load_settings(config_file=config, server_state_file=state, env={})
     assert (from_file.port, from_file.bind, from_file.log_level) == (2000, "0.0.0.0", "debug")
-    from_env = load_settings(config_file=config, env={"LMS_PORT": "3000", "LMS_CORS": "yes"})
-    assert (from_env.port, from_env.cors, from_env.bind) == (3000, True, "0.0.0.0")
+    from_env = load_settings(
+        config_file=config, env={"LMS_PORT": "3000", "LMS_CORS": "http://a.b, http://c.d"}
+    )
+    assert (from_env.port, from_env.cors, from_env.bind) == (
+        3000,
+        ["http://a.b", "http://c.d"],
+        "0.0.0.0",
+    )
     from_flags = load_settings(
         config_file=config, env={"LMS_PORT": "3000"}, flags={"port": 4000, "bind": None}
     )
@@ -55,7 +61,8 @@ def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     [
         ("port: '1234'\n", "'port' must be an integer"),
         ("port: true\n", "'port' must be an integer"),
-        ("cors: 1\n", "'cors' must be true or false"),
+        ("cors: 1\n", "'cors' must be a list of strings"),
+        ("metrics: 1\n", "'metrics' must be true or false"),
         ("models_dirs: /one\n", "'models_dirs' must be a list of strings"),
         ("bind: 127\n", "'bind' must be a string"),
     ],
@@ -94,3 +101,25 @@ def test_empty_file_and_corrupt_remembered_port_are_ignored(tmp_path: Path) -> N
         config_file=write(tmp_path / "c.yaml", ""), server_state_file=state, env={}
     )
     assert settings.port == 1234
+
+
+def test_preload_entries_are_checked(tmp_path: Path) -> None:
+    good = write(tmp_path / "g.yaml", "preload:\n  - model: a\n    context_length: 512\n")
+    assert load_settings(config_file=good, env={}).preload == [
+        {"model": "a", "context_length": 512}
+    ]
+    typo = write(tmp_path / "t.yaml", "preload:\n  - model: a\n    contxt: 512\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'preload\[0\]\.contxt'"):
+        load_settings(config_file=typo, env={})
+    missing = write(tmp_path / "m.yaml", "preload:\n  - identifier: a\n")
+    with pytest.raises(ConfigError, match="'model' key"):
+        load_settings(config_file=missing, env={})
+
+
+def test_save_setting_keeps_the_other_keys(tmp_path: Path) -> None:
+    from daemon.config import save_setting
+
+    config = write(tmp_path / "c.yaml", "port: 2000\n")
+    save_setting(config, "jit_ttl", 60.0)
+    settings = load_settings(config_file=config, env={})
+    assert (settings.port, settings.jit_ttl) == (2000, 60.0)

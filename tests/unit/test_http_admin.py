@@ -7,6 +7,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from daemon.auth import KeyStore
 from daemon.config import Settings
 from daemon.http.app import create_app
 from daemon.manager import ModelManager
@@ -15,8 +16,11 @@ from lms.api.admin import DaemonStatus
 
 
 class FakeControl:
-    def __init__(self) -> None:
-        self.cors = False
+    def __init__(self, tmp_path: Path) -> None:
+        self.cors: tuple[str, ...] = ()
+        self.settings = Settings(max_body_bytes=2048)
+        self.keys = KeyStore(tmp_path / "keys.json")
+        self.config_file = tmp_path / "config.yaml"
         self.http_running = True
         self.shutdown_requested = False
         self.started: list[dict[str, Any]] = []
@@ -33,11 +37,20 @@ class FakeControl:
                 "running": self.http_running,
                 "bind": "127.0.0.1",
                 "port": 1234,
-                "cors": self.cors,
+                "cors": list(self.cors),
             },
         }
 
-    async def start_http(self, *, port: int | None, bind: str | None, cors: bool | None) -> None:
+    def auth_required(self) -> bool:
+        return False
+
+    async def apply_setting(self, key: str, new: Settings) -> bool:
+        self.settings = new
+        return True
+
+    async def start_http(
+        self, *, port: int | None, bind: str | None, cors: list[str] | None
+    ) -> None:
         self.started.append({"port": port, "bind": bind, "cors": cors})
 
     async def stop_http(self) -> bool:
@@ -48,15 +61,15 @@ class FakeControl:
 
 
 @pytest.fixture
-def control() -> FakeControl:
-    return FakeControl()
+def control(tmp_path: Path) -> FakeControl:
+    return FakeControl(tmp_path)
 
 
 @pytest.fixture
 async def client(aiohttp_client: Any, control: FakeControl, tmp_path: Path) -> TestClient[Any, Any]:
-    settings = Settings(max_body_bytes=2048)
-    manager = ModelManager(ModelStore([tmp_path / "models"], tmp_path / "cache.json"), settings)
-    app: web.Application = create_app(control, settings, manager)
+    store = ModelStore([tmp_path / "models"], tmp_path / "cache.json")
+    manager = ModelManager(store, control.settings)
+    app: web.Application = create_app(control, manager)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
 
@@ -109,13 +122,32 @@ async def test_cors_off_by_default(client: TestClient[Any, Any]) -> None:
 async def test_cors_on_answers_preflight_and_tags_responses(
     client: TestClient[Any, Any], control: FakeControl
 ) -> None:
-    control.cors = True
+    control.cors = ("*",)
     response = await client.options(
         "/v1/chat/completions",
         headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST"},
     )
     assert response.status == 204
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
     response = await client.get("/nope", headers={"Origin": "http://app.example"})
     assert response.status == 404
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_cors_allow_list(client: TestClient[Any, Any], control: FakeControl) -> None:
+    control.cors = ("http://good.example",)
+    preflight = {"Access-Control-Request-Method": "POST"}
+    response = await client.options(
+        "/v1/chat/completions", headers={"Origin": "http://good.example", **preflight}
+    )
+    assert response.status == 204
+    response = await client.get("/health", headers={"Origin": "http://good.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "http://good.example"
+    assert response.headers["Vary"] == "Origin"
+    response = await client.options(
+        "/v1/chat/completions", headers={"Origin": "http://evil.example", **preflight}
+    )
+    assert response.status == 403
+    assert "Access-Control-Allow-Origin" not in response.headers
+    response = await client.get("/health", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
