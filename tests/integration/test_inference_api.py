@@ -268,3 +268,56 @@ def test_daemon_survives_all_of_the_above(daemon: RunningDaemon) -> None:
     assert http_get(f"{daemon.url}/health") == (200, {"status": "ok"})
     status, _ = post_json(f"{daemon.url}/v1/chat/completions", chat_body(max_tokens=2))
     assert status == 200
+
+
+EMBEDDER = "text-embedding-all-minilm-l6-v2"
+
+
+@pytest.fixture
+def embedder(daemon: RunningDaemon) -> str:
+    from tests.fixtures import minilm
+
+    reason = minilm.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return EMBEDDER
+
+
+def test_v0_embeddings_have_the_seed_shape(daemon: RunningDaemon, embedder: str) -> None:
+    status, body = post_json(
+        f"{daemon.url}/api/v0/embeddings", {"model": embedder, "input": "Some text to embed"}
+    )
+    assert status == 200, body
+    assert body["object"] == "list" and body["model"] == f"{embedder}@f16"
+    item = body["data"][0]
+    assert item["object"] == "embedding" and item["index"] == 0
+    assert len(item["embedding"]) == 384
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+
+
+def test_embeddings_match_the_reference_vectors(daemon: RunningDaemon, embedder: str) -> None:
+    import math
+
+    from tests.fixtures import minilm
+
+    reference = minilm.load_reference()
+    status, body = post_json(
+        f"{daemon.url}/v1/embeddings", {"model": embedder, "input": [r["text"] for r in reference]}
+    )
+    assert status == 200, body
+    assert [d["index"] for d in body["data"]] == list(range(len(reference)))
+    for item, ref in zip(body["data"], reference, strict=True):
+        ours, theirs = item["embedding"], ref["embedding"]
+        cosine = sum(a * b for a, b in zip(ours, theirs, strict=True)) / (
+            math.sqrt(sum(a * a for a in ours)) * math.sqrt(sum(b * b for b in theirs))
+        )
+        assert cosine >= 0.999, (ref["text"], cosine)
+    assert body["usage"]["prompt_tokens"] == sum(len(r["token_ids"]) for r in reference)
+
+
+def test_chat_with_an_embedding_model_is_400(daemon: RunningDaemon, embedder: str) -> None:
+    status, body = post_json(
+        f"{daemon.url}/v1/chat/completions", {**chat_body(), "model": embedder}
+    )
+    error = assert_error(status, body, 400, code="model_not_supported")
+    assert "embedding model" in error["message"]

@@ -172,3 +172,15 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
             model="no-such-model", messages=[{"role": "user", "content": "hi"}]
         )
     assert MODEL in str(info.value)
+
+
+def test_embeddings(client: openai.OpenAI) -> None:
+    from tests.fixtures import minilm
+
+    if (reason := minilm.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    reply = client.embeddings.create(
+        model="text-embedding-all-minilm-l6-v2", input=["first text", "second text"]
+    )
+    assert [len(d.embedding) for d in reply.data] == [384, 384]
+    assert reply.usage.prompt_tokens > 0
