@@ -77,6 +77,7 @@ class ModelManager:
         memory: Callable[[], int] = available_memory,
         engine_of: Callable[[ModelRecord], str] = engine_for,
         on_change: Callable[[], None] | None = None,
+        on_crash: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -85,6 +86,7 @@ class ModelManager:
         self._memory = memory
         self._engine_of = engine_of
         self._on_change = on_change or (lambda: None)  # persists manual loads
+        self._on_crash = on_crash or (lambda: None)  # counts crashes in the metrics
         self._instances: dict[str, Instance] = {}
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
@@ -407,6 +409,7 @@ class ModelManager:
                 inst.worker = None
                 inst.move_to(State.FAILED)
                 del self._instances[inst.identifier]
+                self._on_crash()
                 self._changed()
 
     # -- the idle-TTL reaper ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from daemon.config import Settings, save_setting
 from daemon.errors import StartupError
 from daemon.events import EventBus, EventLogHandler
 from daemon.fsutil import atomic_write_text
-from daemon.http.app import create_app
+from daemon.http.app import create_app, metrics_for
 from daemon.http.security import is_loopback
 from daemon.manager import ModelManager
 from daemon.model_store import ModelStore, models_dirs_for
@@ -82,14 +82,16 @@ class Daemon:
             models,
             self.settings,
             on_change=lambda: restore.save(loads_file, manager.manual_loads()),
+            on_crash=lambda: metrics.worker_crashes.inc(),
         )
+        metrics = metrics_for(manager)
         self.manager = manager
         manager.start()
         at_start = restore.read(loads_file) if self.settings.restore_on_restart else []
         at_start += self.settings.preload
         if at_start:
             self._restoring = asyncio.create_task(restore.restore(manager, at_start))
-        app = create_app(self, self.manager, self.events)
+        app = create_app(self, self.manager, self.events, metrics)
         self._runner = web.AppRunner(
             app,
             # A client that disconnects cancels its handler: generation stops at once.

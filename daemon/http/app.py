@@ -72,7 +72,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_route(request: web.Request) -> web.Response:
     if not request.app[CONTROL].settings.metrics:
         return error_response(
             404,
@@ -83,10 +83,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
+def metrics_for(manager: ModelManager) -> Metrics:
+    return Metrics(
+        loaded=lambda: len(manager.instances()),
+        queued=lambda: sum(max(0, i.in_flight - i.config.parallel) for i in manager.instances()),
+    )
+
+
 def create_app(
     control: DaemonControl,
     manager: ModelManager,
     events: EventBus | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=control.settings.max_body_bytes,
@@ -103,12 +111,9 @@ def create_app(
     app[MODELS] = manager.store
     app[MANAGER] = manager
     app[EVENTS] = EventBus() if events is None else events
-    app[METRICS] = Metrics(
-        loaded=lambda: len(manager.instances()),
-        queued=lambda: sum(max(0, i.in_flight - i.config.parallel) for i in manager.instances()),
-    )
+    app[METRICS] = metrics_for(manager) if metrics is None else metrics
     app.on_response_prepare.append(add_cors_headers)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_route)
     admin_routes.add_routes(app)
     models_routes.add_routes(app)
     inference_routes.add_routes(app)

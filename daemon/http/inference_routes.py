@@ -25,8 +25,9 @@ from daemon.engines.base import (
 from daemon.errors import InvalidRequest, LmsError
 from daemon.http import sse
 from daemon.http.errors import read_json_object
-from daemon.http.keys import MANAGER
+from daemon.http.keys import MANAGER, METRICS
 from daemon.instance import Instance
+from daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,16 @@ async def _events(
         await stream.aclose()
 
 
-async def _collect(inst: Instance, request: GenerationRequest) -> render.Generated:
+async def _collect(
+    inst: Instance, request: GenerationRequest, metrics: Metrics
+) -> render.Generated:
     generated = render.Generated()
     async with _events(inst, request) as (stream, phase):
         async for event in stream:
             phase.generating()
             if isinstance(event, DoneEvent):
                 generated.done = event
+                metrics.generation(inst.identifier, event)
                 return generated
             generated.add(event)
     raise LmsError("the generation ended without a result")
@@ -183,6 +187,7 @@ async def _stream(
                 await emit.token(event)
                 event = await anext(stream)
             done = event
+            http_request.app[METRICS].generation(model_id, done)
             called = await emit.finish()
             finish = render.finish_reason(done, tool_calls=called)
             if chat:
@@ -256,7 +261,7 @@ async def chat_completions(request: web.Request, *, v0: bool) -> web.StreamRespo
                 v0=v0,
                 parser=parser,
             )
-        generated = await _collect(inst, engine_request)
+        generated = await _collect(inst, engine_request, request.app[METRICS])
         calls: list[dict[str, Any]] = []
         if parser is not None:
             pieces = parser.feed(generated.text) + parser.finish()
@@ -287,7 +292,7 @@ async def completions(request: web.Request, *, v0: bool) -> web.StreamResponse:
                 want_logprobs=parsed.params.logprobs,
                 v0=v0,
             )
-        generated = await _collect(inst, engine_request)
+        generated = await _collect(inst, engine_request, request.app[METRICS])
         body_out = render.text_completion(
             inst.identifier,
             generated,

@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ def models_dir(folders: DaemonFolders) -> Path:
         target = models / "test" / f"SmolLM2-{name}-GGUF" / f"SmolLM2-{name}.Q4_1.gguf"
         target.parent.mkdir(parents=True)
         target.symlink_to(source)
-    folders.extra_env.update({"LMS_MODELS_DIRS": str(models), "LMS_DEFAULT_CONTEXT_LENGTH": "1024"})
+    folders.extra_env.update(
+        {"LMS_MODELS_DIRS": str(models), "LMS_DEFAULT_CONTEXT_LENGTH": "1024", "LMS_METRICS": "1"}
+    )
     return models
 
 
@@ -209,6 +212,10 @@ def test_worker_killed_mid_stream(server: str, lms: LmsRunner) -> None:
     assert chat(server, M)[0] == 200, "other instances keep answering"
     assert chat(server, A)[0] == 200, "the next request loads it again"
     assert loaded(lms)[A]["pid"] != pid
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "lmsd_worker_crashes_total 1.0" in metrics
+    assert f'lmsd_generated_tokens_total{{model="{M}"}} 4.0' in metrics
 
 
 def test_load_is_idempotent_and_identifiers_are_checked(server: str, lms: LmsRunner) -> None:

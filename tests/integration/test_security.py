@@ -137,6 +137,7 @@ def test_metrics_count_requests(lms: LmsRunner, free_port: int) -> None:
     assert 'lmsd_http_requests_total{endpoint="/v1/models",status="200"} 3.0' in text
     assert "lmsd_loaded_instances 0.0" in text
     assert "lmsd_worker_crashes_total 0.0" in text
+    assert "lmsd_queued_requests 0.0" in text
     lms("daemon", "down", check=True)
 
 

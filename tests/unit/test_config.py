@@ -123,3 +123,12 @@ def test_save_setting_keeps_the_other_keys(tmp_path: Path) -> None:
     save_setting(config, "jit_ttl", 60.0)
     settings = load_settings(config_file=config, env={})
     assert (settings.port, settings.jit_ttl) == (2000, 60.0)
+
+
+def test_every_setting_is_documented() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    from daemon.config import SETTING_NAMES, env_var
+
+    for name in SETTING_NAMES:
+        assert f"| `{name}` |" in docs, f"docs/config.md does not describe {name}"
+        assert env_var(name) in docs
