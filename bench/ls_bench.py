@@ -5,7 +5,10 @@ temporary directory, then times:
   - baseline: reading every header with gguf-py's `GGUFReader` (what a naive scan does;
               timed on --baseline-sample files and scaled to all of them),
   - cold:     `daemon.catalog.scan` with an empty header cache (reads every header),
-  - warm:     `scan` again with the saved cache (reads no header).
+  - warm:     `scan` again with the saved cache (reads no header),
+  - lms ls:   the real `lms ls` against a real daemon on that directory, cache warm,
+              end to end (CLI start-up + HTTP over the Unix socket + listing), next to
+              `python -c pass` measured the same way.
 Prints a table and writes bench/results/ls_bench.json.
 
 Run from the repository root:  .venv/bin/python -m bench.ls_bench [--models 300]
@@ -15,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,6 +73,36 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
     return out
 
 
+def time_lms_ls(models: Path, home: Path, repeat: int) -> dict[str, list[float]]:
+    """`lms ls` end to end against a real daemon serving `models` (warm cache)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
+    env.update({"LMS_HOME": str(home), "LMS_MODELS_DIRS": str(models)})
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "--no-http"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lms = [sys.executable, "-m", "lms", "ls"]
+        deadline = time.monotonic() + 30
+        while subprocess.run([*lms, "--json"], env=env, capture_output=True).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not start")
+            time.sleep(0.1)  # the first successful call also warms the header cache
+
+        def run(argv: list[str]) -> None:
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+
+        return {
+            "python_startup": timed(lambda: run([sys.executable, "-c", "pass"]), repeat),
+            "lms_ls_end_to_end": timed(lambda: run(lms), repeat),
+        }
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=int, default=300)
@@ -102,6 +138,7 @@ def main() -> None:
             "baseline_gguf_py_reader": [t * scale for t in timed(baseline, 1)],
             "cold_scan": timed(cold, max(1, args.repeat // 2)),
             "warm_scan": timed(warm, args.repeat),
+            **time_lms_ls(models, root / "home", args.repeat),
         }
         size = files[0].stat().st_size
     summary = {
