@@ -23,9 +23,10 @@ from daemon.engines.base import (
     TokenEvent,
 )
 from daemon.errors import InvalidRequest, LmsError
+from daemon.events import EventBus, done_stats, input_text, prediction_input, prediction_output
 from daemon.http import sse
 from daemon.http.errors import read_json_object
-from daemon.http.keys import MANAGER, METRICS
+from daemon.http.keys import EVENTS, MANAGER, METRICS
 from daemon.instance import Instance
 from daemon.metrics import Metrics
 
@@ -66,12 +67,13 @@ class _Phase:
 
 @contextlib.asynccontextmanager
 async def _events(
-    inst: Instance, request: GenerationRequest
+    inst: Instance, request: GenerationRequest, events: EventBus
 ) -> AsyncIterator[tuple[AsyncGenerator[StreamEvent, None], _Phase]]:
     """The instance's event stream, counted in its status, always closed (a client that
     goes away cancels the generation in the worker)."""
     assert inst.worker is not None
     stream = inst.worker.generate(request)
+    events.publish(prediction_input(inst.identifier, inst.record.path, input_text(request)))
     phase = _Phase(inst)
     try:
         yield stream, phase
@@ -81,15 +83,18 @@ async def _events(
 
 
 async def _collect(
-    inst: Instance, request: GenerationRequest, metrics: Metrics
+    inst: Instance, request: GenerationRequest, metrics: Metrics, events: EventBus
 ) -> render.Generated:
     generated = render.Generated()
-    async with _events(inst, request) as (stream, phase):
+    async with _events(inst, request, events) as (stream, phase):
         async for event in stream:
             phase.generating()
             if isinstance(event, DoneEvent):
                 generated.done = event
                 metrics.generation(inst.identifier, event)
+                events.publish(
+                    prediction_output(inst.identifier, generated.text, done_stats(event))
+                )
                 return generated
             generated.add(event)
     raise LmsError("the generation ended without a result")
@@ -172,7 +177,9 @@ async def _stream(
 ) -> web.StreamResponse:
     model_id = inst.identifier
     ids = (render.new_id("chatcmpl" if chat else "cmpl"), model_id, int(time.time()))
-    async with _events(inst, request) as (stream, phase):
+    events = http_request.app[EVENTS]
+    said: list[str] = []  # what the client was sent, for the log stream
+    async with _events(inst, request, events) as (stream, phase):
         # Errors before any output (a prompt longer than the context, ...) stay plain HTTP
         # errors: the stream's headers go out only once the first token is there.
         event = await anext(stream)
@@ -184,10 +191,12 @@ async def _stream(
                 role = {"role": "assistant", "content": ""}
                 await sse.send(response, render.chat_chunk(*ids, delta=role))
             while isinstance(event, TokenEvent):
+                said.append(event.text)
                 await emit.token(event)
                 event = await anext(stream)
             done = event
             http_request.app[METRICS].generation(model_id, done)
+            events.publish(prediction_output(model_id, "".join(said), done_stats(done)))
             called = await emit.finish()
             finish = render.finish_reason(done, tool_calls=called)
             if chat:
@@ -261,7 +270,7 @@ async def chat_completions(request: web.Request, *, v0: bool) -> web.StreamRespo
                 v0=v0,
                 parser=parser,
             )
-        generated = await _collect(inst, engine_request, request.app[METRICS])
+        generated = await _collect(inst, engine_request, request.app[METRICS], request.app[EVENTS])
         calls: list[dict[str, Any]] = []
         if parser is not None:
             pieces = parser.feed(generated.text) + parser.finish()
@@ -292,7 +301,7 @@ async def completions(request: web.Request, *, v0: bool) -> web.StreamResponse:
                 want_logprobs=parsed.params.logprobs,
                 v0=v0,
             )
-        generated = await _collect(inst, engine_request, request.app[METRICS])
+        generated = await _collect(inst, engine_request, request.app[METRICS], request.app[EVENTS])
         body_out = render.text_completion(
             inst.identifier,
             generated,

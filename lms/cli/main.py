@@ -2,7 +2,7 @@
 
 import typer
 
-from lms.cli import daemon_cmds, info, lifecycle, models, server
+from lms.cli import chat, daemon_cmds, info, lifecycle, log, models, server
 
 app = typer.Typer(
     name="lms",
@@ -13,6 +13,7 @@ app = typer.Typer(
 )
 app.add_typer(server.app, name="server")
 app.add_typer(daemon_cmds.app, name="daemon")
+app.add_typer(log.app, name="log")
 app.command()(info.version)
 app.command()(info.status)
 app.command()(models.ls)
@@ -20,6 +21,7 @@ app.command(name="import")(models.import_)
 app.command()(lifecycle.load)
 app.command()(lifecycle.unload)
 app.command()(lifecycle.ps)
+app.command()(chat.chat)
 
 
 def main() -> None:
