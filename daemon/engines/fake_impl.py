@@ -12,6 +12,10 @@ until max_tokens or the context is full. With `babble` (or nothing to echo) it d
 at random from a small list with `random.Random(seed)`, so seeds matter. `LMS_FAKE_TOKEN_DELAY`
 (seconds) overrides `token_delay`; `crash_after_tokens` calls abort() like a broken native
 library would; `memory_mb` allocates (and touches) that much memory at load.
+
+It has `LoadSpec.parallel` slots (base.BatchingEngine): up to that many generations run
+side by side, each advancing one word per step, and a step takes `token_delay` however
+many are running (like a batched decode).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationRequest,
     LoadSpec,
+    SlotOutput,
     StreamEvent,
 )
+from daemon.engines.slots import IteratorSlots
 from daemon.engines.streaming import RawToken, shape_stream
 from daemon.errors import ContextOverflow, InvalidRequest, LoadFailed
 
@@ -94,6 +100,7 @@ class FakeEngine:
         self._options = FakeOptions()
         self._ballast: bytearray | None = None
         self._delay = 0.0
+        self._slots = IteratorSlots(self._generate_batched)
 
     def load(self, spec: LoadSpec) -> EngineInfo:
         options = read_options(spec.model_path)
@@ -105,6 +112,9 @@ class FakeEngine:
         context = spec.context_length or options.context_length
         self._options = replace(options, context_length=context)
         self._delay = float(os.environ.get(DELAY_ENV) or options.token_delay)
+        self._slots = IteratorSlots(
+            self._generate_batched, spec.parallel, before_step=lambda: time.sleep(self._delay)
+        )
         return EngineInfo(
             runtime_name="fake",
             runtime_version="1",
@@ -135,8 +145,41 @@ class FakeEngine:
             parts.append("<|assistant|>\n")
         return "".join(parts)
 
-    def generate(
+    # -- slots (base.BatchingEngine) ---------------------------------------------------
+
+    def slot_count(self) -> int:
+        return self._slots.slot_count()
+
+    def free_slots(self) -> int:
+        return self._slots.free_slots()
+
+    def active(self) -> int:
+        return self._slots.active()
+
+    def admit(
+        self,
+        key: int,
+        request: GenerationRequest,
+        cancelled: Callable[[], bool],
+        arrived: float,
+    ) -> None:
+        self._slots.admit(key, request, cancelled, arrived)
+
+    def step(self) -> list[SlotOutput]:
+        return self._slots.step()
+
+    def abort_all(self) -> None:
+        self._slots.abort_all()
+
+    def _generate_batched(
         self, request: GenerationRequest, cancelled: Callable[[], bool]
+    ) -> Iterator[StreamEvent]:
+        return self.generate(request, cancelled, delay=False)  # a step sleeps once for all
+
+    # -- one generation ---------------------------------------------------------------
+
+    def generate(
+        self, request: GenerationRequest, cancelled: Callable[[], bool], *, delay: bool = True
     ) -> Iterator[StreamEvent]:
         started = time.perf_counter()
         if isinstance(request, ChatRequest):
@@ -162,7 +205,7 @@ class FakeEngine:
             else:
                 pieces = iter(words)
         return shape_stream(
-            self._raw(pieces, request.params.logprobs, request.params.top_logprobs),
+            self._raw(pieces, request.params.logprobs, request.params.top_logprobs, delay),
             params=request.params,
             prompt_tokens=prompt_tokens,
             context_length=self._options.context_length,
@@ -170,12 +213,15 @@ class FakeEngine:
             started=started,
         )
 
-    def _raw(self, pieces: Iterator[str], logprobs: bool, top: int) -> Iterator[RawToken]:
+    def _raw(
+        self, pieces: Iterator[str], logprobs: bool, top: int, delay: bool
+    ) -> Iterator[RawToken]:
         for count, piece in enumerate(pieces):
             crash_at = self._options.crash_after_tokens
             if crash_at is not None and count >= crash_at:
                 os.abort()
-            time.sleep(self._delay)
+            if delay:
+                time.sleep(self._delay)
             tid = token_id(piece)
             logprob = -(tid % 100) / 100 if logprobs else None
             alternatives = [(piece, logprob or 0.0), (piece.upper(), -5.0)][:top] if top else None

@@ -15,6 +15,15 @@ from daemon.errors import LoadFailed, UnknownEngine
 ENGINES: dict[str, tuple[str, str, str | None]] = {
     "llama_cpp": ("daemon.engines.llama_cpp_impl", "LlamaCppEngine", "llama_cpp"),
     "fake": ("daemon.engines.fake_impl", "FakeEngine", None),
+    "mlx": ("daemon.engines.mlx_impl", "MlxEngine", "mlx_lm"),
+}
+# How to install an optional engine, said when it is missing.
+INSTALL_HINTS: dict[str, str] = {
+    "llama_cpp": "pip install llama-cpp-python",
+    "mlx": (
+        "pip install 'lmsd[mlx]' (that is: pip install 'mlx[cpu]' mlx-lm on Linux, "
+        "pip install mlx mlx-lm on macOS with Apple silicon)"
+    ),
 }
 
 
@@ -31,15 +40,22 @@ def load_engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise UnknownEngine(name, sorted(ENGINES))
     module_name, class_name, needs = ENGINES[name]
+    hint = f"; install it with: {INSTALL_HINTS[name]}" if name in INSTALL_HINTS else ""
     if needs is not None and importlib.util.find_spec(needs) is None:
-        raise LoadFailed(f"engine {name!r} needs the Python package {needs!r}, not installed")
-    module = importlib.import_module(module_name)
+        raise LoadFailed(f"engine {name!r} needs the Python package {needs!r}, not installed{hint}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # installed, but a library it needs is missing or broken
+        raise LoadFailed(f"engine {name!r} cannot be imported ({exc}){hint}") from exc
     return cast(type[Engine], getattr(module, class_name))
 
 
 def auto_engine(model_path: str | Path) -> str:
     """The engine for a model file when the caller says "auto": GGUF files go to
-    llama.cpp; a JSON file is a fake model (tests and demos)."""
+    llama.cpp; an MLX model directory (with config.json) to mlx; a JSON file is a fake
+    model (tests and demos)."""
+    if (Path(model_path) / "config.json").is_file():
+        return "mlx"
     suffix = Path(model_path).suffix.lower()
     if suffix == ".json":
         return "fake"

@@ -62,6 +62,93 @@ class StopMatcher:
         return 0
 
 
+class StreamShaper:
+    """The push form of `shape_stream`, for engines that step several requests at once:
+    feed it each sampled token (`feed`) or tell it the stream ended (`end`); both return
+    the events to send. After a DoneEvent it is `finished` and takes nothing more."""
+
+    def __init__(
+        self,
+        *,
+        params: GenerationParams,
+        prompt_tokens: int,
+        context_length: int,
+        started: float,
+    ) -> None:
+        self._params = params
+        self._prompt_tokens = prompt_tokens
+        self._context_length = context_length
+        self._started = started
+        self._matcher = StopMatcher(params.stop)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.produced = 0  # tokens emitted (EOS not counted)
+        self._samples = 0
+        self._first: float | None = None
+        self._last: float | None = None
+        self.finished = False
+
+    def limit_reached(self) -> bool:
+        """True before any token when max_tokens <= 0: nothing is to be generated."""
+        limit = self._params.max_tokens
+        return limit is not None and limit <= 0
+
+    def feed(self, token: RawToken, now: float) -> list[StreamEvent]:
+        """One sampled token, read at clock time `now`."""
+        self._samples += 1
+        self._first = now if self._first is None else self._first
+        self._last = now
+        if token.eog:
+            return self.end(StopReason.EOS, now)
+        self.produced += 1
+        text, stop_string = self._matcher.feed(self._decoder.decode(token.piece))
+        event = TokenEvent(
+            text=text,
+            token_id=token.token_id,
+            logprob=token.logprob,
+            top_logprobs=token.top_logprobs,
+            piece=token.piece.decode("utf-8", errors="replace"),
+        )
+        limit = self._params.max_tokens
+        if stop_string is not None:
+            return [event, self._done(StopReason.STOP_STRING, now, stop_string)]
+        if limit is not None and self.produced >= limit:
+            return [event, *self.end(StopReason.MAX_TOKENS, now)]
+        if self._prompt_tokens + self.produced >= self._context_length:
+            return [event, *self.end(StopReason.CONTEXT_FULL, now)]
+        return [event]
+
+    def end(self, reason: StopReason, now: float) -> list[StreamEvent]:
+        """The stream ends for `reason` (not a stop string): held-back text comes out in a
+        last TokenEvent (unless it completes a stop string), then the DoneEvent."""
+        events: list[StreamEvent] = []
+        stop_string: str | None = None
+        text, found = self._matcher.feed(self._decoder.decode(b"", final=True))
+        if found is not None:
+            reason, stop_string = StopReason.STOP_STRING, found
+        else:
+            text += self._matcher.flush()
+        if text:
+            events.append(TokenEvent(text=text, token_id=None))
+        events.append(self._done(reason, now, stop_string))
+        return events
+
+    def _done(self, reason: StopReason, now: float, stop_string: str | None) -> DoneEvent:
+        self.finished = True
+        first, last = self._first, self._last
+        generation_time = (last - first) if first is not None and last is not None else 0.0
+        return DoneEvent(
+            stop_reason=reason,
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self.produced,
+            time_to_first_token=(first if first is not None else now) - self._started,
+            generation_time=generation_time,
+            tokens_per_second=(
+                (self._samples - 1) / generation_time if generation_time > 0 else 0.0
+            ),
+            stop_string=stop_string,
+        )
+
+
 def shape_stream(
     raw: Iterator[RawToken],
     *,
@@ -74,68 +161,30 @@ def shape_stream(
 ) -> Iterator[StreamEvent]:
     """Pulls tokens from `raw` lazily (each `next()` samples one) and closes it when done.
     `started` is the clock reading when the request began (before prompt processing)."""
-    matcher = StopMatcher(params.stop)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    limit = params.max_tokens
-    produced = samples = 0
-    first: float | None = None
-    last: float | None = None
-    reason: StopReason | None = None
-    stop_string: str | None = None
-    if limit is not None and limit <= 0:
-        reason = StopReason.MAX_TOKENS
+    shaper = StreamShaper(
+        params=params, prompt_tokens=prompt_tokens, context_length=context_length, started=started
+    )
+    last: list[StreamEvent] = []
     try:
-        while reason is None:
+        if shaper.limit_reached():
+            last = shaper.end(StopReason.MAX_TOKENS, clock())
+        while not shaper.finished:
             if cancelled():
-                reason = StopReason.USER_STOPPED
+                last = shaper.end(StopReason.USER_STOPPED, clock())
                 break
             token = next(raw, None)
             now = clock()
             if token is None:  # the engine stopped early: it saw the cancel, or ran dry
                 reason = StopReason.USER_STOPPED if cancelled() else StopReason.EOS
+                last = shaper.end(reason, now)
                 break
-            samples += 1
-            first = now if first is None else first
-            last = now
-            if token.eog:
-                reason = StopReason.EOS
+            events = shaper.feed(token, now)
+            if shaper.finished:  # the raw stream is closed before the final events
+                last = events
                 break
-            produced += 1
-            text, stop_string = matcher.feed(decoder.decode(token.piece))
-            if stop_string is not None:
-                reason = StopReason.STOP_STRING
-            elif limit is not None and produced >= limit:
-                reason = StopReason.MAX_TOKENS
-            elif prompt_tokens + produced >= context_length:
-                reason = StopReason.CONTEXT_FULL
-            yield TokenEvent(
-                text=text,
-                token_id=token.token_id,
-                logprob=token.logprob,
-                top_logprobs=token.top_logprobs,
-                piece=token.piece.decode("utf-8", errors="replace"),
-            )
+            yield from events
     finally:
         close = getattr(raw, "close", None)
         if close is not None:
             close()
-    if reason is not StopReason.STOP_STRING:
-        text, found = matcher.feed(decoder.decode(b"", final=True))
-        if found is not None:
-            reason, stop_string = StopReason.STOP_STRING, found
-        else:
-            text += matcher.flush()
-        if text:
-            yield TokenEvent(text=text, token_id=None)
-    assert reason is not None
-    ended = clock()
-    generation_time = (last - first) if first is not None and last is not None else 0.0
-    yield DoneEvent(
-        stop_reason=reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=produced,
-        time_to_first_token=(first if first is not None else ended) - started,
-        generation_time=generation_time,
-        tokens_per_second=(samples - 1) / generation_time if generation_time > 0 else 0.0,
-        stop_string=stop_string,
-    )
+    yield from last

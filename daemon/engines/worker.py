@@ -2,9 +2,11 @@
 
 One worker holds one loaded model instance. It speaks protocol.py frames over the socket
 it inherited as fd N. A reader thread takes frames off the socket (a cancel takes effect
-at once: the running generation sees it before its next token); the main thread runs the
-engine: one generation or embedding at a time, in arrival order, with quick requests
-(count_tokens, render_chat) served between two tokens of a running generation.
+at once: a running generation sees it before its next token, a queued one is dropped);
+the main thread runs the slot scheduler: generations take free slots in arrival order
+(the rest wait here), every active slot advances one token per step (one batched decode
+for engines that can, see base.BatchingEngine; one generation at a time otherwise), and
+quick requests (count_tokens, render_chat) are served between two steps.
 
 The worker never outlives the daemon: it exits when the socket closes, and on Linux the
 kernel kills it when the daemon dies (PR_SET_PDEATHSIG). It ignores SIGINT: Ctrl-C goes
@@ -25,10 +27,12 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 
 from daemon.engines.base import (
+    BatchingEngine,
     DoneEvent,
     Engine,
     EngineInfo,
@@ -45,12 +49,14 @@ from daemon.engines.protocol import (
     read_frame,
 )
 from daemon.engines.runtime import load_engine_class
+from daemon.engines.slots import IteratorSlots
 from daemon.errors import EngineError, LmsError, LoadFailed, ProtocolError
 
 log = logging.getLogger("daemon.engines.worker")
 
 PR_SET_PDEATHSIG = 1
 QUEUED = (Op.GENERATE.value, Op.EMBED.value)
+ARRIVED = "_arrived"  # set on queued messages by the reader thread: time.perf_counter()
 
 
 class Channel:
@@ -112,6 +118,9 @@ class WorkerServer:
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.cancels = Cancels()
         self.engine: Engine | None = None
+        self.slots: BatchingEngine | None = None
+        self.running: set[int] = set()  # ids of admitted generations not yet finished
+        self.stopping = threading.Event()  # a shutdown is on its way to the main thread
         self.info: EngineInfo | None = None
 
     # -- reader thread ------------------------------------------------------------
@@ -137,22 +146,24 @@ class WorkerServer:
                 self.channel.reply(rid, Reply.RESULT, value=self.info.to_dict())
         else:
             if kind in QUEUED:
+                message[ARRIVED] = time.perf_counter()
                 self.cancels.register(rid)
             elif kind == Op.SHUTDOWN:
+                self.stopping.set()
                 self.cancels.cancel_all()
             self.inbox.put(message)
 
     # -- main thread --------------------------------------------------------------
 
     def run(self) -> int:
-        pending: deque[Message] = deque()
-        active: tuple[int, Iterator[StreamEvent]] | None = None
+        pending: deque[Message] = deque()  # generate/embed waiting, in arrival order
         while True:
-            for message in self._take(block=active is None and not pending):
+            busy = self.slots is not None and self.slots.active() > 0
+            for message in self._take(block=not busy and not pending):
                 kind = message["type"]
                 if kind == Op.SHUTDOWN:
-                    if active is not None:
-                        _close(active[1])
+                    if self.slots is not None:
+                        self.slots.abort_all()
                     self._close_engine()
                     return 0
                 if kind in QUEUED:
@@ -162,10 +173,10 @@ class WorkerServer:
                         return 1
                 else:
                     self._quick(message)
-            if active is None and pending:
-                active = self._start(pending.popleft())
-            if active is not None:
-                active = self._step(*active)
+            self._drop_cancelled(pending)
+            self._admit(pending)
+            if self.slots is not None and self.slots.active():
+                self._step(self.slots)
 
     def _take(self, *, block: bool) -> list[Message]:
         taken: list[Message] = []
@@ -197,6 +208,10 @@ class WorkerServer:
             self.channel.error(rid, LoadFailed(f"the engine failed: {type(exc).__name__}: {exc}"))
             return False
         self.engine, self.info = engine, info
+        if isinstance(engine, BatchingEngine):
+            self.slots = engine
+        else:
+            self.slots = IteratorSlots(engine.generate)
         self.channel.reply(rid, Reply.RESULT, value=info.to_dict())
         return True
 
@@ -223,59 +238,89 @@ class WorkerServer:
         else:
             self.channel.reply(rid, Reply.RESULT, value=value)
 
-    def _start(self, message: Message) -> tuple[int, Iterator[StreamEvent]] | None:
-        rid = message["id"]
-        if self.cancels.is_cancelled(rid):  # the daemon gave up on it while it waited
-            self.cancels.finish(rid)
-            return None
-        try:
-            engine = self._loaded()
-            if message["type"] == Op.EMBED:
-                result = engine.embed([str(t) for t in message["texts"]])
-                self.channel.reply(rid, Reply.RESULT, value=result.to_dict())
-                self.cancels.finish(rid)
-                return None
-            request = request_from_dict(message["request"])
-            events = iter(engine.generate(request, lambda: self.cancels.is_cancelled(rid)))
-        except Exception as exc:
-            self._fail(rid, exc)
-            return None
-        return rid, events
+    def _drop_cancelled(self, pending: deque[Message]) -> None:
+        """A queued request the daemon gave up on leaves the queue without an answer
+        (the host stopped listening when it sent the cancel)."""
+        for message in [m for m in pending if self.cancels.is_cancelled(m["id"])]:
+            pending.remove(message)
+            self.cancels.finish(message["id"])
 
-    def _step(
-        self, rid: int, events: Iterator[StreamEvent]
-    ) -> tuple[int, Iterator[StreamEvent]] | None:
+    def _admit(self, pending: deque[Message]) -> None:
+        """Starts queued requests, in arrival order, while slots are free."""
+        while pending:
+            head = pending[0]
+            slots = self.slots
+            if slots is None:  # nothing is loaded: nothing can run
+                pending.popleft()
+                self._fail(head["id"], EngineError("no model is loaded"))
+                continue
+            if head["type"] == Op.EMBED:
+                # An embedding instance embeds in the context its generations use: wait.
+                if self.info is not None and self.info.embedding and slots.active():
+                    return
+                pending.popleft()
+                self._embed(head)
+                continue
+            if not slots.free_slots():
+                return
+            pending.popleft()
+            rid = head["id"]
+            try:
+                request = request_from_dict(head["request"])
+                slots.admit(rid, request, self._cancelled_check(rid), head[ARRIVED])
+            except Exception as exc:
+                self._fail(rid, exc)
+            else:
+                self.running.add(rid)
+
+    def _cancelled_check(self, rid: int) -> Callable[[], bool]:
+        return lambda: self.cancels.is_cancelled(rid)
+
+    def _embed(self, message: Message) -> None:
+        rid = message["id"]
         try:
-            event = next(events)
-        except StopIteration:
-            self._fail(rid, EngineError("the engine ended a generation without a final event"))
-            return None
+            result = self._loaded().embed([str(t) for t in message["texts"]])
         except Exception as exc:
             self._fail(rid, exc)
-            return None
-        if isinstance(event, DoneEvent):
-            self.channel.reply(rid, Reply.DONE, event=event.to_dict())
+            return
+        self.channel.reply(rid, Reply.RESULT, value=result.to_dict())
+        self.cancels.finish(rid)
+
+    def _step(self, slots: BatchingEngine) -> None:
+        try:
+            outputs = slots.step()
+        except Exception as exc:  # the engine cannot go on with any of them
+            log.exception("a generation step failed")
+            slots.abort_all()
+            for rid in list(self.running):
+                self._fail(rid, EngineError(f"the engine failed: {type(exc).__name__}: {exc}"))
+            return
+        if self.stopping.is_set():  # the daemon is closing us: it fails what is in flight
+            return
+        for rid, item in outputs:
+            self._send(rid, item)
+
+    def _send(self, rid: int, item: StreamEvent | Exception) -> None:
+        if isinstance(item, Exception):
+            self._fail(rid, item)
+        elif isinstance(item, DoneEvent):
+            self.channel.reply(rid, Reply.DONE, event=item.to_dict())
             self.cancels.finish(rid)
-            return None
-        self.channel.reply(rid, Reply.TOKEN, event=event.to_dict())
-        return rid, events
+            self.running.discard(rid)
+        else:
+            self.channel.reply(rid, Reply.TOKEN, event=item.to_dict())
 
     def _fail(self, rid: int, exc: Exception) -> None:
         if not isinstance(exc, LmsError):  # a bug or a library failure: keep the traceback
             log.warning("request %d failed", rid, exc_info=exc)
         self.channel.error(rid, exc)
         self.cancels.finish(rid)
+        self.running.discard(rid)
 
     def _close_engine(self) -> None:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-
-
-def _close(events: Iterator[StreamEvent]) -> None:
-    close = getattr(events, "close", None)
-    if close is not None:
-        close()
 
 
 def die_with_parent(parent_pid: int) -> None:

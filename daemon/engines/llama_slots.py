@@ -1,0 +1,289 @@
+"""Continuous batching for the llama.cpp engine: N slots, one llama.cpp context with N
+sequences, every active slot advanced by ONE `llama_decode` per step.
+
+A step puts into one `llama_batch`: the last sampled token of every generating slot (one
+token each, logits on), then prompt tokens of slots still reading their prompt, at most
+`prefill_chunk` of them while any slot is generating (a long prompt never freezes the
+other streams for more than a chunk), or a whole batch when none is. After the decode,
+each slot with logits samples its next token with its own sampler chain (seed, grammar,
+penalties are per request) and feeds it to its own StreamShaper.
+
+Prompt cache: a slot keeps its KV cells and their tokens after its request ends. A new
+request takes the free slot whose cached tokens share the longest prefix with its prompt
+(the least recently used one on a tie), drops the cells past that prefix
+(`llama_memory_seq_rm`) and reads only the rest of its prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from daemon.engines.base import GenerationParams, SlotOutput, StopReason
+from daemon.engines.llama_sampling import Sampler, token_logprobs
+from daemon.engines.streaming import RawToken, StreamShaper
+from daemon.errors import EngineError
+
+# Prompt tokens per step while other slots are generating. Prompt processing runs at about
+# 300 tokens/s on 2 CPU cores with SmolLM2, so 64 holds the other streams up for about
+# 0.2 s a step, and costs the new request about one decode step (~16 ms) per chunk.
+PREFILL_CHUNK = 64
+
+
+@dataclass
+class _Job:
+    key: int
+    prompt: list[int]
+    params: GenerationParams
+    sampler: Sampler
+    shaper: StreamShaper
+    cancelled: Callable[[], bool]
+    arrived: float
+    next_token: int | None = None  # sampled, not yet decoded
+    logits_at: int = -1  # its row in this step's batch, when it has one
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    used_at: float = 0.0
+    job: _Job | None = None
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaSlots:
+    """The slots of one llama.cpp context. Calls come from one thread."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        vocab: Any,
+        *,
+        n_slots: int,
+        context_length: int,
+        n_batch: int,
+        piece: Callable[[int], bytes],
+        prefill_chunk: int = PREFILL_CHUNK,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._ctx = ctx
+        self._vocab = vocab
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._slots = [_Slot(seq) for seq in range(n_slots)]
+        self._context_length = context_length
+        self._n_batch = n_batch
+        self._piece = piece
+        self._chunk = max(1, min(prefill_chunk, n_batch))
+        self._clock = clock
+        self._batch: Any = llama_cpp.llama_batch_init(n_batch, 0, 1)
+
+    def slot_count(self) -> int:
+        return len(self._slots)
+
+    def free_slots(self) -> int:
+        return sum(1 for s in self._slots if s.job is None)
+
+    def active(self) -> int:
+        return sum(1 for s in self._slots if s.job is not None)
+
+    def cached_tokens(self) -> list[list[int]]:
+        """Each slot's cached tokens (for tests and diagnostics)."""
+        return [list(s.cached) for s in self._slots]
+
+    # -- admitting ----------------------------------------------------------------------
+
+    def admit(
+        self,
+        key: int,
+        prompt: list[int],
+        params: GenerationParams,
+        cancelled: Callable[[], bool],
+        arrived: float,
+    ) -> None:
+        """Starts a tokenized prompt (that fits the context) in the free slot with the
+        longest cached prefix. Raises before changing anything when it cannot start."""
+        free = [s for s in self._slots if s.job is None]
+        if not free:
+            raise EngineError("no free slot")
+        sampler = Sampler(self._vocab, self._n_vocab, params)  # raises on a bad grammar
+        slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.used_at))
+        # The last prompt token is always read again: its logits give the first token.
+        keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+        self._truncate(slot, keep)
+        shaper = StreamShaper(
+            params=params,
+            prompt_tokens=len(prompt),
+            context_length=self._context_length,
+            started=arrived,
+        )
+        slot.job = _Job(key, prompt, params, sampler, shaper, cancelled, arrived)
+
+    def _truncate(self, slot: _Slot, keep: int) -> None:
+        """Drops the slot's KV cells from position `keep` on (all of them if the memory
+        cannot drop a tail, as with recurrent models)."""
+        memory, seq = self._memory, slot.seq
+        if keep < len(slot.cached) and (
+            keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, seq, keep, -1)
+        ):
+            llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+            keep = 0
+        del slot.cached[keep:]
+
+    # -- stepping -----------------------------------------------------------------------
+
+    def step(self) -> list[SlotOutput]:
+        out: list[SlotOutput] = []
+        now = self._clock()
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.cancelled():
+                self._emit(slot, job.shaper.end(StopReason.USER_STOPPED, now), out)
+            elif job.shaper.limit_reached():  # max_tokens <= 0: the prompt is not even read
+                self._emit(slot, job.shaper.end(StopReason.MAX_TOKENS, now), out)
+        in_batch = self._fill()
+        if not in_batch:
+            return out
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            for slot in in_batch:  # their KV cells are in doubt: forget them
+                self._truncate(slot, 0)
+                self._fail(slot, EngineError(f"llama_decode failed ({status})"), out)
+            return out
+        now = self._clock()
+        for slot in in_batch:
+            job = slot.job
+            if job is None or job.logits_at < 0:
+                continue
+            try:
+                raw = self._sample(job)
+            except Exception as exc:  # a sampler failure ends this request only
+                self._fail(slot, exc, out)
+                continue
+            self._emit(slot, job.shaper.feed(raw, now), out)
+            if slot.job is not None:
+                job.next_token = raw.token_id
+        return out
+
+    def _fill(self) -> list[_Slot]:
+        """Builds this step's batch; returns the slots in it."""
+        batch = self._batch
+        n = 0
+        in_batch: list[_Slot] = []
+
+        def put(slot: _Slot, token: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = len(slot.cached)
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.seq
+            batch.logits[n] = logits
+            slot.cached.append(token)
+            n += 1
+
+        active = [s for s in self._slots if s.job is not None]
+        for slot in active:
+            job = slot.job
+            assert job is not None
+            job.logits_at = -1
+            if job.next_token is not None:
+                job.logits_at = n
+                put(slot, job.next_token, True)
+                in_batch.append(slot)
+        budget = self._chunk if in_batch else self._n_batch
+        reading = sorted((s for s in active if s.job and s.job.next_token is None), key=_arrival)
+        for slot in reading:
+            job = slot.job
+            assert job is not None
+            take = min(budget, self._n_batch - n, len(job.prompt) - len(slot.cached))
+            if take <= 0:
+                break
+            for _ in range(take):
+                last = len(slot.cached) == len(job.prompt) - 1
+                if last:
+                    job.logits_at = n
+                put(slot, job.prompt[len(slot.cached)], last)
+            budget -= take
+            in_batch.append(slot)
+        batch.n_tokens = n
+        return in_batch
+
+    def _sample(self, job: _Job) -> RawToken:
+        token = job.sampler.sample(self._ctx, job.logits_at)
+        logprob: float | None = None
+        top: list[tuple[str, float]] | None = None
+        if job.params.logprobs:
+            logprob, top = token_logprobs(
+                self._ctx,
+                job.logits_at,
+                self._n_vocab,
+                token,
+                job.params.top_logprobs,
+                lambda t: self._piece(t).decode("utf-8", errors="replace"),
+            )
+        return RawToken(
+            token_id=token,
+            piece=self._piece(token),
+            eog=bool(llama_cpp.llama_vocab_is_eog(self._vocab, token)),
+            logprob=logprob,
+            top_logprobs=top,
+        )
+
+    def _emit(self, slot: _Slot, events: list[Any], out: list[SlotOutput]) -> None:
+        job = slot.job
+        assert job is not None
+        out.extend((job.key, event) for event in events)
+        if job.shaper.finished:
+            self._release(slot)
+
+    def _fail(self, slot: _Slot, exc: Exception, out: list[SlotOutput]) -> None:
+        job = slot.job
+        assert job is not None
+        out.append((job.key, exc))
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        """The request leaves; its KV cells (and their tokens) stay for the next one."""
+        if slot.job is not None:
+            slot.job.sampler.close()
+            slot.job = None
+        slot.used_at = self._clock()
+
+    def drop(self, key: int) -> None:
+        """Ends a request without events (its consumer went away)."""
+        for slot in self._slots:
+            if slot.job is not None and slot.job.key == key:
+                self._release(slot)
+
+    def abort_all(self) -> None:
+        for slot in self._slots:
+            self._release(slot)
+
+    def forget(self) -> None:
+        """The context's memory was cleared behind our back (an embedding call)."""
+        for slot in self._slots:
+            slot.cached.clear()
+
+    def close(self) -> None:
+        self.abort_all()
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+
+
+def _arrival(slot: _Slot) -> float:
+    return slot.job.arrived if slot.job is not None else 0.0
