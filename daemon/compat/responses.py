@@ -83,7 +83,7 @@ def chat_logprobs(tokens: list[TokenEvent]) -> dict[str, Any]:
             {
                 "token": t.piece,
                 "logprob": t.logprob,
-                "bytes": _token_bytes(t.piece),
+                "bytes": t.piece_bytes if t.piece_bytes is not None else _token_bytes(t.piece),
                 "top_logprobs": [
                     {"token": tok, "logprob": lp, "bytes": _token_bytes(tok)}
                     for tok, lp in (t.top_logprobs or [])

@@ -165,14 +165,17 @@ class StopReason(StrEnum):
 class TokenEvent:
     """One sampled token. `text` is what to emit now: it can be empty (held back because
     it may begin a stop string, or an incomplete UTF-8 character) or hold earlier tokens'
-    text too. `piece` is the token's own text, for logprobs. A last event with
-    `token_id=None` releases held-back text when the stream ends without a stop string."""
+    text too. `piece` is the token's own text, for logprobs, and `piece_bytes` its exact
+    bytes (a token can hold part of a UTF-8 character, which `piece` cannot show). A last
+    event with `token_id=None` releases held-back text when the stream ends without a stop
+    string."""
 
     text: str
     token_id: int | None
     logprob: float | None = None
     top_logprobs: list[tuple[str, float]] | None = None
     piece: str = ""
+    piece_bytes: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -107,6 +107,7 @@ class StreamShaper:
             logprob=token.logprob,
             top_logprobs=token.top_logprobs,
             piece=token.piece.decode("utf-8", errors="replace"),
+            piece_bytes=list(token.piece),
         )
         limit = self._params.max_tokens
         if stop_string is not None:

@@ -196,7 +196,7 @@ def test_port_in_use_is_one_clear_line(folders: DaemonFolders, lms: LmsRunner) -
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0], result.stderr
 
 
 def test_unwritable_folder_is_one_clear_line(folders: DaemonFolders, tmp_path: object) -> None:

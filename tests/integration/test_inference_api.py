@@ -125,15 +125,24 @@ def test_max_tokens_and_minus_one(daemon: RunningDaemon) -> None:
 def test_logprobs_are_returned(daemon: RunningDaemon) -> None:
     status, body = post_json(
         f"{daemon.url}/v1/chat/completions",
-        chat_body(max_tokens=4, logprobs=True, top_logprobs=3, logit_bias=EOS_BIASED_AWAY),
+        chat_body(
+            "Say hi with an emoji",
+            max_tokens=6,
+            logprobs=True,
+            top_logprobs=3,
+            seed=3,
+            logit_bias=EOS_BIASED_AWAY,
+        ),
     )
     assert status == 200
     content = body["choices"][0]["logprobs"]["content"]
-    assert len(content) == 4
+    assert len(content) == 6
     for item in content:
         assert isinstance(item["token"], str) and item["logprob"] <= 0
         assert len(item["top_logprobs"]) == 3
-    assert "".join(i["token"] for i in content) == body["choices"][0]["message"]["content"]
+    # A token may hold part of a UTF-8 character: its exact `bytes` rebuild the text.
+    raw = b"".join(bytes(i["bytes"]) for i in content)
+    assert raw.decode("utf-8") == body["choices"][0]["message"]["content"]
 
 
 def test_keep_alive_sets_the_jit_ttl(daemon: RunningDaemon) -> None:
