@@ -27,7 +27,6 @@ import psutil
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from daemon.engines.base import (
-    ChatRequest,
     DoneEvent,
     EmbedResult,
     EngineInfo,
@@ -38,6 +37,7 @@ from daemon.engines.base import (
 )
 from daemon.engines.llama_sampling import Sampler, structured_grammar
 from daemon.engines.llama_slots import LlamaSlots
+from daemon.engines.streaming import prompt_tokens
 from daemon.errors import ContextOverflow, EngineError, InvalidRequest, LoadFailed
 
 __all__ = ["LlamaCppEngine", "Sampler", "structured_grammar"]
@@ -290,17 +290,7 @@ class LlamaCppEngine:
         cancelled: Callable[[], bool],
         arrived: float,
     ) -> None:
-        if isinstance(request, ChatRequest):
-            prompt = self.render_chat(
-                request.messages, request.tools, request.add_generation_prompt
-            )
-        else:
-            prompt = request.prompt
-        tokens = self.tokenize(prompt)
-        if not tokens:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        if len(tokens) >= self._n_ctx:
-            raise ContextOverflow(len(tokens), self._n_ctx)
+        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx)
         self.slots.admit(key, tokens, request.params, cancelled, arrived)
 
     def step(self) -> list[SlotOutput]:

@@ -30,7 +30,6 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 from daemon.engines.base import (
-    ChatRequest,
     EmbedResult,
     EngineInfo,
     GenerationParams,
@@ -38,8 +37,8 @@ from daemon.engines.base import (
     LoadSpec,
     StreamEvent,
 )
-from daemon.engines.streaming import RawToken, shape_stream
-from daemon.errors import ContextOverflow, EngineError, InvalidRequest, LoadFailed
+from daemon.engines.streaming import RawToken, prompt_tokens, shape_stream
+from daemon.errors import EngineError, InvalidRequest, LoadFailed
 
 DEFAULT_CONTEXT = 4096
 PREFILL_CHUNK = 512  # prompt tokens per model call; a cancel is seen between chunks
@@ -249,17 +248,7 @@ class MlxEngine:
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[StreamEvent]:
         started = time.perf_counter()
-        if isinstance(request, ChatRequest):
-            prompt = self.render_chat(
-                request.messages, request.tools, request.add_generation_prompt
-            )
-        else:
-            prompt = request.prompt
-        tokens = self.tokenize(prompt)
-        if not tokens:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        if len(tokens) >= self._n_ctx:
-            raise ContextOverflow(len(tokens), self._n_ctx)
+        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx)
         params = request.params
         constraint = None
         if params.structured is not None:

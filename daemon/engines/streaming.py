@@ -8,8 +8,18 @@ import codecs
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from daemon.engines.base import DoneEvent, GenerationParams, StopReason, StreamEvent, TokenEvent
+from daemon.engines.base import (
+    ChatRequest,
+    DoneEvent,
+    GenerationParams,
+    GenerationRequest,
+    StopReason,
+    StreamEvent,
+    TokenEvent,
+)
+from daemon.errors import ContextOverflow, InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -189,3 +199,23 @@ def shape_stream(
         if close is not None:
             close()
     yield from last
+
+
+def prompt_tokens(
+    request: GenerationRequest,
+    render_chat: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, bool], str],
+    tokenize: Callable[[str], list[int]],
+    context_length: int,
+) -> list[int]:
+    """The request's prompt as tokens (a chat through the model's own template), refused
+    before anything runs when it is empty or does not fit the context."""
+    if isinstance(request, ChatRequest):
+        prompt = render_chat(request.messages, request.tools, request.add_generation_prompt)
+    else:
+        prompt = request.prompt
+    tokens = tokenize(prompt)
+    if not tokens:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    if len(tokens) >= context_length:
+        raise ContextOverflow(len(tokens), context_length)
+    return tokens
