@@ -152,7 +152,7 @@ def load(
     else:
         seconds = reply["load_time_seconds"] or time.monotonic() - started
         output.info(
-            f"Model loaded successfully in {seconds:.2f}s. ({format_size(instance['memoryBytes'])})"
+            f"Model loaded successfully in {seconds:.2f}s. ({format_size(instance['sizeBytes'])})"
         )
     output.info(f'To use the model in the API/SDK, use the identifier "{reply["instance_id"]}".')
 
@@ -232,7 +232,7 @@ def ps_table(instances: list[dict[str, Any]]) -> str:
                 inst["identifier"],
                 inst["modelKey"],
                 inst["status"].upper(),
-                format_size(inst["memoryBytes"]),
+                format_size(inst["sizeBytes"]),
                 str(inst["contextLength"]),
                 "-" if inst["type"] == "embedding" else str(inst["parallel"]),
                 inst["device"],

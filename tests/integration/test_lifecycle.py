@@ -82,6 +82,7 @@ def gone(pid: int) -> bool:
 def test_load_with_ttl_then_idle_unload(server: str, lms: LmsRunner) -> None:
     result = lms("load", A, "--ttl", "3", check=True)
     assert "Model loaded successfully in" in result.stderr
+    assert result.stderr.split("\n")[0].endswith("s. (98.36 MB)"), "the model's size"
     assert f'use the identifier "{A}"' in result.stderr
     instance = loaded(lms)[A]
     assert instance["ttlMs"] == 3000 and instance["origin"] == "manual"
