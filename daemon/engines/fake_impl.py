@@ -39,10 +39,9 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationRequest,
     LoadSpec,
-    SlotOutput,
     StreamEvent,
 )
-from daemon.engines.slots import IteratorSlots
+from daemon.engines.slots import DelegatedSlots, IteratorSlots, SlotRunner
 from daemon.engines.streaming import RawToken, shape_stream
 from daemon.errors import ContextOverflow, InvalidRequest, LoadFailed
 
@@ -95,7 +94,7 @@ def token_id(piece: str) -> int:
     return 1 + zlib.crc32(piece.encode()) % 50_000
 
 
-class FakeEngine:
+class FakeEngine(DelegatedSlots):
     def __init__(self) -> None:
         self._options = FakeOptions()
         self._ballast: bytearray | None = None
@@ -147,15 +146,6 @@ class FakeEngine:
 
     # -- slots (base.BatchingEngine) ---------------------------------------------------
 
-    def slot_count(self) -> int:
-        return self._slots.slot_count()
-
-    def free_slots(self) -> int:
-        return self._slots.free_slots()
-
-    def active(self) -> int:
-        return self._slots.active()
-
     def admit(
         self,
         key: int,
@@ -165,11 +155,8 @@ class FakeEngine:
     ) -> None:
         self._slots.admit(key, request, cancelled, arrived)
 
-    def step(self) -> list[SlotOutput]:
-        return self._slots.step()
-
-    def abort_all(self) -> None:
-        self._slots.abort_all()
+    def _slot_runner(self) -> SlotRunner:
+        return self._slots
 
     def _generate_batched(
         self, request: GenerationRequest, cancelled: Callable[[], bool]

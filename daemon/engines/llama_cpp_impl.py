@@ -32,11 +32,11 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationRequest,
     LoadSpec,
-    SlotOutput,
     StreamEvent,
 )
 from daemon.engines.llama_sampling import Sampler, structured_grammar
 from daemon.engines.llama_slots import LlamaSlots
+from daemon.engines.slots import DelegatedSlots, SlotRunner
 from daemon.engines.streaming import prompt_tokens
 from daemon.errors import ContextOverflow, EngineError, InvalidRequest, LoadFailed
 
@@ -130,7 +130,7 @@ class _Context:
             self.model = None
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(DelegatedSlots):
     def __init__(self) -> None:
         self._llm: llama_cpp.Llama | None = None  # embedding instances: llama-cpp-python's
         self._own: _Context | None = None  # generation instances: ours, with N sequences
@@ -274,15 +274,6 @@ class LlamaCppEngine:
 
     # -- generation: slots (base.BatchingEngine) ---------------------------------------
 
-    def slot_count(self) -> int:
-        return self.slots.slot_count()
-
-    def free_slots(self) -> int:
-        return self.slots.free_slots()
-
-    def active(self) -> int:
-        return self.slots.active()
-
     def admit(
         self,
         key: int,
@@ -293,11 +284,8 @@ class LlamaCppEngine:
         tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx)
         self.slots.admit(key, tokens, request.params, cancelled, arrived)
 
-    def step(self) -> list[SlotOutput]:
-        return self.slots.step()
-
-    def abort_all(self) -> None:
-        self.slots.abort_all()
+    def _slot_runner(self) -> SlotRunner:
+        return self.slots
 
     def generate(
         self, request: GenerationRequest, cancelled: Callable[[], bool]

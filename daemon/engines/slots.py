@@ -8,11 +8,47 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from daemon.engines.base import DoneEvent, GenerationRequest, SlotOutput, StreamEvent
 from daemon.errors import EngineError
 
 Start = Callable[[GenerationRequest, Callable[[], bool]], Iterator[StreamEvent]]
+
+
+class SlotRunner(Protocol):
+    def slot_count(self) -> int: ...
+
+    def free_slots(self) -> int: ...
+
+    def active(self) -> int: ...
+
+    def step(self) -> list[SlotOutput]: ...
+
+    def abort_all(self) -> None: ...
+
+
+class DelegatedSlots:
+    """The BatchingEngine methods an engine only forwards to its slot runner; the engine
+    provides `_slot_runner()` and its own `admit` (which prepares the request)."""
+
+    def _slot_runner(self) -> SlotRunner:
+        raise NotImplementedError
+
+    def slot_count(self) -> int:
+        return self._slot_runner().slot_count()
+
+    def free_slots(self) -> int:
+        return self._slot_runner().free_slots()
+
+    def active(self) -> int:
+        return self._slot_runner().active()
+
+    def step(self) -> list[SlotOutput]:
+        return self._slot_runner().step()
+
+    def abort_all(self) -> None:
+        self._slot_runner().abort_all()
 
 
 @dataclass
