@@ -1,158 +1,220 @@
-"""The CLI's channel to the daemon: HTTP over its Unix socket, or TCP with --host/--port.
+"""The CLI's typed channel to the daemon: one method per endpoint it uses, each taking
+and returning the wire shapes of lms/api. The HTTP itself, the errors and the API
+version check live in lms/transport.py.
 
-Built on the standard library's http.client so `lms` starts fast; daemon errors arrive
-in the OpenAI envelope and become `ApiError`s, a missing daemon `DaemonNotRunning`.
+Replies are cast, not validated: the version check is what guarantees that the daemon
+answers in the shapes this lms was built with.
 """
 
-import http.client
 import json
-import socket
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Generator, Iterator
+from types import TracebackType
 from typing import Any, cast
+from urllib.parse import quote, urlencode
 
-from lms.api import admin
-from lms.api.errors import ErrorBody, parse_error
+from lms.api import admin, chat, lifecycle, log, settings
+from lms.api import models as catalog  # `models` is a method below
+from lms.transport import (
+    ApiError,
+    ApiVersionMismatch,
+    ClientError,
+    DaemonNotRunning,
+    StreamError,
+    Transport,
+)
 
-
-class ClientError(Exception):
-    """Base of the errors the CLI shows as one line."""
-
-
-class DaemonNotRunning(ClientError):
-    def __init__(self, where: str) -> None:
-        super().__init__(f"the daemon is not running ({where}); start it with `lms server start`")
-        self.where = where
-
-
-class ApiError(ClientError):
-    def __init__(self, status: int, body: ErrorBody) -> None:
-        super().__init__(body["message"])
-        self.status = status
-        self.body = body
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
+__all__ = [
+    "ApiError",
+    "ApiVersionMismatch",
+    "Client",
+    "ClientError",
+    "DaemonNotRunning",
+    "LogStream",
+    "StreamError",
+]
 
 
-def _api_error(response: http.client.HTTPResponse, raw: bytes) -> ApiError:
-    body: ErrorBody = parse_error(_json_or_none(raw)) or {
-        "message": f"HTTP {response.status} {response.reason}",
-        "type": "error",
-        "param": None,
-        "code": None,
-    }
-    return ApiError(response.status, body)
+class LogStream:
+    """A live `GET /api/admin/log/stream` subscription: iterate it for the events (until
+    the daemon ends the stream); close() (or leaving a `with`) ends the subscription."""
 
+    def __init__(self, lines: Generator[str, None, None]) -> None:
+        self._lines = lines
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
+    def __iter__(self) -> Iterator[log.LogEvent]:
+        for line in self._lines:
+            if not line.strip():
+                continue  # a keep-alive
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                yield cast(log.LogEvent, event)
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    def close(self) -> None:
+        self._lines.close()
 
+    def __enter__(self) -> "LogStream":
+        return self
 
-class Client:
-    def __init__(
+    def __exit__(
         self,
-        *,
-        socket_path: Path | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        timeout: float = 30.0,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
-        if socket_path is None and host is None:
-            raise ValueError("need a socket path or a host")
-        self.socket_path = socket_path
-        self.host = host
-        self.port = port or 1234
-        self.timeout = timeout
+        self.close()
 
-    @property
-    def where(self) -> str:
-        if self.host is not None:
-            return f"http://{self.host}:{self.port}"
-        return f"socket {self.socket_path}"
 
-    def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
-        timeout = self.timeout if timeout is None else timeout
-        if self.host is not None:
-            return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        assert self.socket_path is not None
-        return UnixHTTPConnection(self.socket_path, timeout)
-
-    def _send(
-        self, method: str, path: str, body: Any, timeout: float | None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        conn = self._connection(timeout)
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            return conn, conn.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            conn.close()
-            raise DaemonNotRunning(self.where) from exc
-        except TimeoutError as exc:
-            conn.close()
-            raise ClientError(f"the daemon did not answer in time ({self.where})") from exc
-        except OSError as exc:
-            conn.close()
-            if self.host is None:
-                raise DaemonNotRunning(self.where) from exc
-            raise ClientError(f"cannot reach the daemon at {self.where}: {exc}") from exc
-
-    def request(
-        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
-    ) -> Any:
-        conn, response = self._send(method, path, body, timeout)
-        try:
-            raw = response.read()
-        finally:
-            conn.close()
-        if response.status >= 400:
-            raise _api_error(response, raw)
-        return _json_or_none(raw)
-
-    def stream_lines(
-        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
-    ) -> Iterator[str]:
-        """The response body line by line (for SSE and NDJSON); errors as for request()."""
-        conn, response = self._send(method, path, body, timeout)
-        try:
-            if response.status >= 400:
-                raise _api_error(response, response.read())
-            for line in response:
-                yield line.decode("utf-8").rstrip("\r\n")
-        finally:
-            conn.close()
-
-    # -- admin ---------------------------------------------------------------------------
+class Client(Transport):
+    # -- control plane: no API version check ---------------------------------------------
+    # `lms daemon status|down|up`, `lms status`, `lms version` and `lms server
+    # start|stop|status` must work against a daemon of another version, so that the new
+    # `lms` can always see, stop and restart an old `lmsd`. These four calls skip the
+    # check; their shapes (lms/api/admin.py) only ever gain fields.
 
     def status(self, *, timeout: float | None = None) -> admin.DaemonStatus:
-        return cast(admin.DaemonStatus, self.request("GET", admin.STATUS_PATH, timeout=timeout))
+        """`GET /api/admin/status`."""
+        reply = self.request("GET", admin.STATUS_PATH, timeout=timeout, check_version=False)
+        return cast(admin.DaemonStatus, reply)
 
-    def shutdown(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self.request("POST", admin.SHUTDOWN_PATH, {}))
+    def shutdown(self) -> admin.ShutdownReply:
+        """`POST /api/admin/shutdown`: the daemon drains, unloads and exits."""
+        reply = self.request("POST", admin.SHUTDOWN_PATH, {}, check_version=False)
+        return cast(admin.ShutdownReply, reply)
 
     def server_start(self, request: admin.ServerStartRequest) -> admin.HttpListener:
-        return cast(admin.HttpListener, self.request("POST", admin.SERVER_START_PATH, request))
+        """`POST /api/admin/server/start`: start (or move) the TCP listener."""
+        reply = self.request("POST", admin.SERVER_START_PATH, request, check_version=False)
+        return cast(admin.HttpListener, reply)
 
-    def server_stop(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self.request("POST", admin.SERVER_STOP_PATH, {}))
+    def server_stop(self) -> admin.ServerStopReply:
+        """`POST /api/admin/server/stop`: stop the TCP listener (the daemon keeps running)."""
+        reply = self.request("POST", admin.SERVER_STOP_PATH, {}, check_version=False)
+        return cast(admin.ServerStopReply, reply)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def load(self, body: lifecycle.LoadRequest) -> lifecycle.LoadReply:
+        """`POST /api/v1/models/load`; `body` must not ask for estimate_only (see estimate)."""
+        return cast(lifecycle.LoadReply, self.request("POST", lifecycle.LOAD_PATH, body))
+
+    def estimate(self, body: lifecycle.LoadRequest) -> lifecycle.EstimateReply:
+        """`POST /api/v1/models/load` with `"estimate_only": true`: loads nothing."""
+        request: lifecycle.LoadRequest = {**body, "estimate_only": True}
+        return cast(lifecycle.EstimateReply, self.request("POST", lifecycle.LOAD_PATH, request))
+
+    def unload(self, identifier: str) -> lifecycle.UnloadReply:
+        """`POST /api/v1/models/unload` of one instance (requests in flight finish first)."""
+        request: lifecycle.UnloadRequest = {"instance_id": identifier}
+        return cast(lifecycle.UnloadReply, self.request("POST", lifecycle.UNLOAD_PATH, request))
+
+    def unload_all(self) -> lifecycle.UnloadAllReply:
+        request: lifecycle.UnloadRequest = {"all": True}
+        reply = self.request("POST", lifecycle.UNLOAD_PATH, request)
+        return cast(lifecycle.UnloadAllReply, reply)
+
+    def instances(self) -> list[lifecycle.InstanceInfo]:
+        """`GET /api/admin/instances`: the loaded instances (`lms ps`)."""
+        return cast(list[lifecycle.InstanceInfo], self.request("GET", lifecycle.INSTANCES_PATH))
+
+    def match(self, query: str, *, exact: bool = False) -> lifecycle.MatchReply:
+        """`GET /api/admin/models/match`: what `lms load <query>` would load."""
+        params = {"q": query} | ({"exact": "1"} if exact else {})
+        reply = self.request("GET", f"{lifecycle.MATCH_PATH}?{urlencode(params)}")
+        return cast(lifecycle.MatchReply, reply)
+
+    # -- models --------------------------------------------------------------------------
+
+    def models(self) -> catalog.ModelsListing:
+        """`GET /api/admin/models`: every model on disk (`lms ls`)."""
+        return cast(catalog.ModelsListing, self.request("GET", catalog.ADMIN_MODELS_PATH))
+
+    def import_model(
+        self,
+        path: str,
+        *,
+        mode: catalog.ImportMode = "move",
+        user_repo: str | None = None,
+        dry_run: bool = False,
+    ) -> catalog.ImportReply:
+        """`POST /api/admin/models/import` (Unix socket only); `path` absolute."""
+        request: catalog.ImportRequest = {
+            "path": path,
+            "mode": mode,
+            "user_repo": user_repo,
+            "dry_run": dry_run,
+        }
+        return cast(catalog.ImportReply, self.request("POST", catalog.ADMIN_IMPORT_PATH, request))
+
+    # -- settings and keys ---------------------------------------------------------------
+
+    def config(self) -> settings.ConfigReply:
+        """`GET /api/admin/config`."""
+        return cast(settings.ConfigReply, self.request("GET", settings.CONFIG_PATH))
+
+    def set_config(self, key: str, value: Any) -> settings.ConfigSetReply:
+        """`POST /api/admin/config`: saved in the config file, applied now where it can be."""
+        request: settings.ConfigSetRequest = {"key": key, "value": value}
+        reply = self.request("POST", settings.CONFIG_PATH, request)
+        return cast(settings.ConfigSetReply, reply)
+
+    def keys(self) -> list[settings.KeyInfo]:
+        """`GET /api/admin/keys` (Unix socket only)."""
+        return cast(list[settings.KeyInfo], self.request("GET", settings.KEYS_PATH))
+
+    def create_key(self, name: str | None = None, scope: str = "inference") -> settings.CreatedKey:
+        """`POST /api/admin/keys` (Unix socket only): the secret is in the reply only."""
+        request: settings.KeyCreateRequest = {"name": name, "scope": scope}
+        return cast(settings.CreatedKey, self.request("POST", settings.KEYS_PATH, request))
+
+    def revoke_key(self, id_or_name: str) -> settings.KeyInfo:
+        """`DELETE /api/admin/keys/<id or name>` (Unix socket only)."""
+        path = f"{settings.KEYS_PATH}/{quote(id_or_name, safe='')}"
+        return cast(settings.KeyInfo, self.request("DELETE", path))
+
+    # -- streams -------------------------------------------------------------------------
+
+    def log_stream(self, source: log.LogSource) -> LogStream | None:
+        """Subscribe to `GET /api/admin/log/stream`. Returns once the subscription is live
+        (every event published from then on will arrive), or None when the daemon closed
+        the stream before that (it is shutting down)."""
+        path = f"{log.LOG_STREAM_PATH}?{urlencode({'source': source})}"
+        lines = self.stream_lines("GET", path)
+        try:
+            opening = next(lines, None)  # the empty line that says the stream is live
+        except BaseException:
+            lines.close()
+            raise
+        if opening is None:
+            lines.close()
+            return None
+        return LogStream(lines)
+
+    def chat_stream(self, body: chat.ChatRequest) -> Generator[chat.ChatChunk, None, None]:
+        """`POST /api/v0/chat/completions`, streamed: each decoded chunk until `[DONE]`.
+        An error event raises `StreamError`. Nothing is sent until the first chunk is
+        asked for; closing the generator closes the connection, which stops the
+        generation in the daemon."""
+        lines = self.stream_lines("POST", chat.V0_CHAT_COMPLETIONS_PATH, body)
+        try:
+            for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line.removeprefix("data:").strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(chunk, dict):
+                    continue
+                error = chunk.get("error")
+                if error is not None:
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise StreamError(str(message or "the answer ended with an error"))
+                yield chunk
+        finally:
+            lines.close()

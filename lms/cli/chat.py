@@ -5,20 +5,18 @@ Answers stream from `POST /api/v0/chat/completions` (OpenAI's SSE chunks plus LM
 daemon at once.
 """
 
-import json
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 
-from lms.api import lifecycle
+from lms.api.chat import ChatChunk, ChatMessage, ChatRequest
 from lms.cli import output
 from lms.cli.common import EXIT_FAILURE, HostOption, PortOption, handle_errors, make_client
 from lms.client import Client, ClientError
 
-CHAT_PATH = "/api/v0/chat/completions"
 DEFAULT_TTL_SECONDS = 3600  # LM Studio's default for `lms chat`
 # Per read: covers loading the model and reading a long prompt before the first token.
 READ_TIMEOUT_SECONDS = 3600.0
@@ -33,10 +31,6 @@ HELP = """Commands:
 Ctrl-C stops an answer; at the prompt it leaves."""
 
 
-class StreamError(ClientError):
-    """An error event inside an answer's stream."""
-
-
 @dataclass
 class Answer:
     text: str = ""
@@ -49,13 +43,15 @@ class Conversation:
     model: str
     ttl: int
     system: str | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
+    history: list[ChatMessage] = field(default_factory=list)
 
-    def messages(self, user: str) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
+    def messages(self, user: str) -> list[ChatMessage]:
+        system: list[ChatMessage] = (
+            [{"role": "system", "content": self.system}] if self.system else []
+        )
         return [*system, *self.history, {"role": "user", "content": user}]
 
-    def body(self, user: str) -> dict[str, Any]:
+    def body(self, user: str) -> ChatRequest:
         return {
             "model": self.model,
             "messages": self.messages(user),
@@ -65,24 +61,9 @@ class Conversation:
         }
 
 
-def parse_sse(lines: Iterator[str], answer: Answer) -> Iterator[str]:
+def text_pieces(chunks: Iterator[ChatChunk], answer: Answer) -> Iterator[str]:
     """The text pieces of a streamed chat completion; stats and usage land in `answer`."""
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            return
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            continue
-        if not isinstance(chunk, dict):
-            continue
-        error = chunk.get("error")
-        if error is not None:
-            message = error.get("message") if isinstance(error, dict) else error
-            raise StreamError(str(message or "the answer ended with an error"))
+    for chunk in chunks:
         if isinstance(chunk.get("stats"), dict):
             answer.stats = chunk["stats"]
         if isinstance(chunk.get("usage"), dict):
@@ -125,25 +106,20 @@ def _write(text: str) -> None:
 def answer_to_stdout(client: Client, conversation: Conversation, user: str, answer: Answer) -> None:
     """Stream one answer to stdout, gathering it in `answer`. On Ctrl-C the connection
     closes (the daemon stops generating) and KeyboardInterrupt propagates."""
-    # A generator: closing it closes the connection.
-    lines = cast(
-        Generator[str, None, None],
-        client.stream_lines("POST", CHAT_PATH, conversation.body(user)),
-    )
+    chunks = client.chat_stream(conversation.body(user))  # closing it closes the connection
     try:
-        for piece in parse_sse(lines, answer):
+        for piece in text_pieces(chunks, answer):
             _write(piece)
     finally:
-        lines.close()
+        chunks.close()
         if answer.text and not answer.text.endswith("\n"):
             _write("\n")
 
 
 def _only_loaded_model(client: Client) -> str:
-    instances: list[dict[str, Any]] = client.request("GET", lifecycle.INSTANCES_PATH)
-    names = [i["identifier"] for i in instances if i.get("type") != "embedding"]
+    names = [i["identifier"] for i in client.instances() if i["type"] != "embedding"]
     if len(names) == 1:
-        return str(names[0])
+        return names[0]
     if not names:
         output.error(
             "no model is loaded: name one (`lms chat <model>`, see `lms ls`) "

@@ -2,11 +2,11 @@
 
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from lms.api import lifecycle as api
+from lms.api.lifecycle import EstimateReply, GpuSetting, InstanceInfo, LoadRequest
 from lms.cli import output
 from lms.cli.common import (
     EXIT_FAILURE,
@@ -18,15 +18,7 @@ from lms.cli.common import (
 )
 from lms.cli.models import COLUMN_GAP, format_size
 from lms.client import Client
-
-
-def format_bytes(size: float) -> str:
-    """Base-1024, as LM Studio prints memory."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+from lms.units import format_bytes
 
 
 def format_duration(value: float) -> str:
@@ -40,9 +32,13 @@ def format_duration(value: float) -> str:
     return f"{seconds}s"
 
 
-def _parse_gpu(value: str | None) -> str | float | None:
-    if value is None or value in ("off", "max"):
-        return value
+def _parse_gpu(value: str | None) -> GpuSetting | None:
+    if value is None:
+        return None
+    if value == "off":
+        return "off"
+    if value == "max":
+        return "max"
     try:
         ratio = float(value)
     except ValueError:
@@ -57,18 +53,15 @@ def _pick(client: Client, key: str | None, *, exact: bool, yes: bool) -> str:
     if key is None and (yes or not sys.stdin.isatty()):
         output.error("name a model to load (see `lms ls`)")
         raise typer.Exit(EXIT_FAILURE)
-    query = {"q": key or ""} | ({"exact": "1"} if exact else {})
-    from urllib.parse import urlencode
-
-    found = client.request("GET", f"{api.MATCH_PATH}?{urlencode(query)}")
+    found = client.match(key or "", exact=exact)
     if found["exact"] is not None:
-        return str(found["exact"]["modelKey"] if not exact else found["exact"]["path"])
-    candidates: list[dict[str, Any]] = found["candidates"]
+        return found["exact"]["modelKey"] if not exact else found["exact"]["path"]
+    candidates = found["candidates"]
     if not candidates:
         output.error(f"no model matches {key!r}; see `lms ls` for what is on disk")
         raise typer.Exit(EXIT_FAILURE)
     if len(candidates) == 1:
-        return str(candidates[0]["modelKey"])
+        return candidates[0]["modelKey"]
     names = [c["modelKey"] for c in candidates]
     if yes or not sys.stdin.isatty():
         output.error(f"{len(names)} models match {key!r}: {', '.join(names)}; name one exactly")
@@ -115,19 +108,21 @@ def load(
     """Load a model into memory."""
     client = make_client(host, port, timeout=600)
     model = _pick(client, key, exact=exact, yes=yes)
-    body: dict[str, Any] = {"model": model}
-    for name, value in (
-        ("ttl", ttl),
-        ("context_length", context_length),
-        ("gpu", _parse_gpu(gpu)),
-        ("parallel", parallel),
-        ("identifier", identifier),
-    ):
-        if value is not None:
-            body[name] = value
+    body: LoadRequest = {"model": model}
+    gpu_setting = _parse_gpu(gpu)
+    if ttl is not None:
+        body["ttl"] = ttl
+    if context_length is not None:
+        body["context_length"] = context_length
+    if gpu_setting is not None:
+        body["gpu"] = gpu_setting
+    if parallel is not None:
+        body["parallel"] = parallel
+    if identifier is not None:
+        body["identifier"] = identifier
     if estimate_only:
         _print_estimate(
-            client.request("POST", api.LOAD_PATH, {**body, "estimate_only": True}),
+            client.estimate(body),
             json=json,
             context_given=context_length is not None,
             gpu=gpu,
@@ -137,12 +132,12 @@ def load(
         body["force"] = True
     started = time.monotonic()
     if json:
-        reply = client.request("POST", api.LOAD_PATH, body)
+        reply = client.load(body)
     else:
         from rich.console import Console
 
         with Console(stderr=True).status(f"Loading {model}..."):
-            reply = client.request("POST", api.LOAD_PATH, body)
+            reply = client.load(body)
     if json:
         output.json_out(reply)
         return
@@ -158,7 +153,7 @@ def load(
 
 
 def _print_estimate(
-    reply: dict[str, Any], *, json: bool, context_given: bool, gpu: str | None
+    reply: EstimateReply, *, json: bool, context_given: bool, gpu: str | None
 ) -> None:
     if json:
         output.json_out(reply)
@@ -201,11 +196,11 @@ def unload(
         output.error("give an identifier or --all, not both")
         raise typer.Exit(EXIT_FAILURE)
     if all_:
-        unloaded = client.request("POST", api.UNLOAD_PATH, {"all": True})["unloaded"]
+        unloaded = client.unload_all()["unloaded"]
         output.info(f"Unloaded {len(unloaded)} model{'s' if len(unloaded) != 1 else ''}.")
         return
     if identifier is None:
-        loaded = [i["identifier"] for i in client.request("GET", api.INSTANCES_PATH)]
+        loaded = [i["identifier"] for i in client.instances()]
         if not loaded:
             output.error('You don\'t have any models loaded. Use "lms load" to load a model.')
             raise typer.Exit(EXIT_FAILURE)
@@ -213,20 +208,18 @@ def unload(
             output.error(f"several models are loaded ({', '.join(loaded)}); name one, or use --all")
             raise typer.Exit(EXIT_FAILURE)
         identifier = loaded[0]
-    client.request("POST", api.UNLOAD_PATH, {"instance_id": identifier})
+    client.unload(identifier)
     output.info(f'Model "{identifier}" unloaded.')
 
 
-def ps_table(instances: list[dict[str, Any]]) -> str:
+def ps_table(instances: list[InstanceInfo]) -> str:
     header = ["IDENTIFIER", "MODEL", "STATUS", "SIZE", "CONTEXT", "PARALLEL", "DEVICE", "TTL"]
     rows = [header]
     for inst in instances:
         ttl = ""
-        if inst["ttlMs"] is not None:
-            ttl = (
-                f"{format_duration(inst['ttlRemainingMs'] / 1000)} / "
-                f"{format_duration(inst['ttlMs'] / 1000)}"
-            )
+        ttl_ms, remaining_ms = inst["ttlMs"], inst["ttlRemainingMs"]
+        if ttl_ms is not None and remaining_ms is not None:  # both or neither
+            ttl = f"{format_duration(remaining_ms / 1000)} / {format_duration(ttl_ms / 1000)}"
         rows.append(
             [
                 inst["identifier"],
@@ -249,7 +242,7 @@ def ps_table(instances: list[dict[str, Any]]) -> str:
 @handle_errors
 def ps(json: JsonOption = False, host: HostOption = None, port: PortOption = None) -> None:
     """List the models loaded in memory."""
-    instances: list[dict[str, Any]] = make_client(host, port).request("GET", api.INSTANCES_PATH)
+    instances = make_client(host, port).instances()
     if json:
         output.json_out(instances)
     elif not instances:

@@ -4,16 +4,15 @@ import json as jsonlib
 import os
 import sys
 import time
-from collections.abc import Generator, Iterator
 from enum import StrEnum
-from typing import Annotated, Any, cast
-from urllib.parse import urlencode
+from typing import Annotated, Any
 
 import typer
 
 from lms.api import log as api
 from lms.cli import output
 from lms.cli.common import HostOption, PortOption, handle_errors, make_client
+from lms.client import LogStream
 
 app = typer.Typer(help="Follow the daemon's logs.", no_args_is_help=True)
 
@@ -44,7 +43,7 @@ def _timestamp(ms: Any) -> str:
         return str(ms)
 
 
-def render_event(event: dict[str, Any], *, stats: bool) -> str:
+def render_event(event: api.LogEvent, *, stats: bool) -> str:
     """LM Studio's text layout: `key: value` lines, a blank line after each event."""
     data: dict[str, Any] = event.get("data") or {}
     kind = data.get("type")
@@ -69,25 +68,13 @@ def render_event(event: dict[str, Any], *, stats: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shown(event: dict[str, Any], wanted: set[str]) -> bool:
+def _shown(event: api.LogEvent, wanted: set[str]) -> bool:
     kind = (event.get("data") or {}).get("type")
     if kind == api.PREDICTION_INPUT:
         return "input" in wanted
     if kind == api.PREDICTION_OUTPUT:
         return "output" in wanted
     return True
-
-
-def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    for line in lines:
-        if not line.strip():
-            continue  # the stream's opening line, or a keep-alive
-        try:
-            event = jsonlib.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            yield event
 
 
 @app.command()
@@ -114,15 +101,13 @@ def stream(
     """Stream the daemon's logs until Ctrl-C."""
     wanted = parse_filter(filter_)
     client = make_client(host, port, timeout=FOLLOW_TIMEOUT_SECONDS)
-    path = f"{api.LOG_STREAM_PATH}?{urlencode({'source': source.value})}"
-    # A generator: closing it closes the connection.
-    lines = cast(Generator[str, None, None], client.stream_lines("GET", path))
+    events: LogStream | None = None
     try:
-        first = next(lines, None)  # the empty opening line: we are subscribed
-        if first is None:
+        events = client.log_stream(source.value)  # returns once subscribed
+        if events is None:
             return
         output.info(f"Streaming {source.value} logs from lmsd. Press Ctrl-C to stop.")
-        for event in _events(lines):
+        for event in events:
             if source is Source.model and not _shown(event, wanted):
                 continue
             if json:
@@ -136,4 +121,5 @@ def stream(
         # The reader (e.g. `head`) is gone: stop quietly, with no error at exit's flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        lines.close()
+        if events is not None:
+            events.close()

@@ -1,5 +1,7 @@
 """`lms`: the command line client of the lmsd daemon."""
 
+import sys
+
 import typer
 
 from lms.cli import chat, daemon_cmds, info, lifecycle, log, models, server
@@ -24,5 +26,21 @@ app.command()(lifecycle.ps)
 app.command()(chat.chat)
 
 
+# Options that may stand alone, and the value they then take. Typer has no options with
+# an optional value, so a bare one is given its value before Typer parses the line.
+BARE_OPTION_VALUES = {"--cors": "*"}  # `lms server start --cors`: any origin, as LM Studio
+
+
+def bare_option_values(argv: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(argv):
+        bare = i + 1 == len(argv) or argv[i + 1].startswith("-")
+        if arg in BARE_OPTION_VALUES and bare:
+            out.append(f"{arg}={BARE_OPTION_VALUES[arg]}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
-    app()
+    app(args=bare_option_values(sys.argv[1:]))

@@ -3,11 +3,11 @@
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from lms.api import models as api
+from lms.api.models import ImportMode, ListedModel
 from lms.cli import output
 from lms.cli.common import (
     EXIT_FAILURE,
@@ -59,7 +59,7 @@ def _loaded_marker(count: int) -> str:
     return "" if count == 0 else "✓ LOADED" if count == 1 else f"✓ LOADED ({count})"
 
 
-def _row(model: dict[str, Any]) -> list[str]:
+def _row(model: ListedModel) -> list[str]:
     arch = model.get("architecture") or ""
     return [
         model["modelKey"],
@@ -67,11 +67,11 @@ def _row(model: dict[str, Any]) -> list[str]:
         ARCH_NAMES.get(arch, arch),
         format_size(model["sizeBytes"]),
         "Local",
-        _loaded_marker(int(model.get("loaded") or 0)),
+        _loaded_marker(model["loaded"]),
     ]
 
 
-def render_listing(models: list[dict[str, Any]], *, llm: bool, embedding: bool) -> str:
+def render_listing(models: list[ListedModel], *, llm: bool, embedding: bool) -> str:
     usable = [m for m in models if "error" not in m]
     broken = [m for m in models if "error" in m]
     if not models:
@@ -103,8 +103,7 @@ def ls(
     port: PortOption = None,
 ) -> None:
     """List the models on disk."""
-    listing = make_client(host, port).request("GET", api.ADMIN_MODELS_PATH)
-    models: list[dict[str, Any]] = listing["models"]
+    models = make_client(host, port).models()["models"]
     if json:
         wanted = (
             {"llm"}
@@ -146,15 +145,10 @@ def import_(
     if len(chosen) > 1:
         output.error("choose at most one of --copy, --hard-link and --symbolic-link")
         raise typer.Exit(EXIT_FAILURE)
-    mode: api.ImportMode = chosen[0] if chosen else "move"  # type: ignore[assignment]
+    mode: ImportMode = chosen[0] if chosen else "move"  # type: ignore[assignment]
     client = local_client()
-    request: api.ImportRequest = {
-        "path": os.path.abspath(file),
-        "mode": mode,
-        "user_repo": user_repo,
-        "dry_run": True,
-    }
-    plan: api.ImportReply = client.request("POST", api.ADMIN_IMPORT_PATH, request)
+    path = os.path.abspath(file)
+    plan = client.import_model(path, mode=mode, user_repo=user_repo, dry_run=True)
     verb = {"move": "move", "copy": "copy", "hard-link": "hard-link", "symbolic-link": "symlink"}[
         mode
     ]
@@ -169,9 +163,7 @@ def import_(
         )
     ):
         raise typer.Exit(EXIT_FAILURE)
-    done: api.ImportReply = client.request(
-        "POST", api.ADMIN_IMPORT_PATH, {**request, "dry_run": False}
-    )
+    done = client.import_model(path, mode=mode, user_repo=user_repo, dry_run=False)
     for warning in done["warnings"]:
         output.warn(warning)
     past = {

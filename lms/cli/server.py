@@ -1,11 +1,11 @@
 """`lms server start | stop | status`: the daemon's HTTP API on TCP."""
 
-import ipaddress
 from typing import Annotated
 
 import typer
 
 from lms.api.admin import DaemonStatus, ServerStartRequest
+from lms.api.version import API_VERSION
 from lms.cli import output, server_config
 from lms.cli.common import (
     EXIT_FAILURE,
@@ -17,20 +17,12 @@ from lms.cli.common import (
     make_client,
 )
 from lms.cli.spawn import start_daemon
-from lms.client import DaemonNotRunning
+from lms.client import ApiVersionMismatch, DaemonNotRunning
+from lms.units import is_loopback
 
 app = typer.Typer(help="Start, stop and inspect the HTTP server.", no_args_is_help=True)
 app.add_typer(server_config.config_app, name="config")
 app.add_typer(server_config.key_app, name="key")
-
-
-def _is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 @app.command()
@@ -50,9 +42,7 @@ def start(
         str | None,
         typer.Option(
             "--cors",
-            is_flag=False,
-            flag_value="*",
-            metavar="[ORIGINS]",
+            metavar="[ORIGINS]",  # alone: "*" (main.bare_option_values)
             help="Let websites call the server: alone, any website (*); or a comma-separated "
             "allow-list of origins.",
         ),
@@ -66,7 +56,7 @@ def start(
     origins = [o.strip() for o in cors.split(",") if o.strip()] if cors is not None else None
     if origins is not None and "*" in origins:
         output.warn("CORS is enabled. This means any website you visit can use the server.")
-    if bind is not None and not _is_loopback(bind):
+    if bind is not None and not is_loopback(bind):
         output.warn(f"binding to {bind}: the server will be reachable from other machines.")
     client = local_client()
     request: ServerStartRequest = {}
@@ -77,7 +67,7 @@ def start(
     if origins is not None:
         request["cors"] = origins
     try:
-        client.status(timeout=5.0)
+        running = client.status(timeout=5.0)
     except DaemonNotRunning:
         args = [f"--{name}={value}" for name, value in request.items() if name != "cors"]
         if origins is not None:
@@ -95,6 +85,12 @@ def start(
                 "(`lms daemon down` first, or `lms server config set insecure true`)"
             )
             raise typer.Exit(EXIT_FAILURE)
+        theirs = running.get("api_version")
+        if theirs != API_VERSION:
+            # Starting the listener still works (the control plane is version-free), but
+            # every other command will refuse this daemon: say so now.
+            said = None if theirs is None else str(theirs)
+            output.warn(str(ApiVersionMismatch(client.where, said, local=True)))
         client.server_start(request)
     http = client.status()["http"]
     if not http["running"]:

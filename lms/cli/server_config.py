@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from lms.api.settings import CONFIG_PATH, KEYS_PATH
 from lms.cli import output
 from lms.cli.common import JsonOption, handle_errors, local_client
 
@@ -24,7 +23,7 @@ def _show(value: Any) -> str:
 @handle_errors
 def list_(json: JsonOption = False) -> None:
     """Every setting with its current value."""
-    config = local_client().request("GET", CONFIG_PATH)
+    config = local_client().config()
     if json:
         output.json_out(config["settings"])
         return
@@ -39,7 +38,7 @@ def list_(json: JsonOption = False) -> None:
 @handle_errors
 def get(key: Annotated[str, typer.Argument(help="The setting.")], json: JsonOption = False) -> None:
     """One setting's value."""
-    config = local_client().request("GET", CONFIG_PATH)
+    config = local_client().config()
     if key not in config["settings"]:
         output.error(f"unknown setting {key!r}; see `lms server config list`")
         raise typer.Exit(1)
@@ -62,7 +61,7 @@ def set_(
     if value.startswith(("[", "{")):
         with contextlib.suppress(ValueError):
             sent = jsonlib.loads(value)
-    reply = local_client().request("POST", CONFIG_PATH, {"key": key, "value": sent})
+    reply = local_client().set_config(key, sent)
     if json:
         output.json_out(reply)
         return
@@ -80,7 +79,7 @@ def create(
     json: JsonOption = False,
 ) -> None:
     """Create an API key. It is shown once: store it now."""
-    reply = local_client().request("POST", KEYS_PATH, {"name": name, "scope": scope})
+    reply = local_client().create_key(name, scope)
     if json:
         output.json_out(reply)
         return
@@ -95,7 +94,7 @@ def create(
 @handle_errors
 def list_keys(json: JsonOption = False) -> None:
     """The API keys (never the keys themselves)."""
-    keys = local_client().request("GET", KEYS_PATH)
+    keys = local_client().keys()
     if json:
         output.json_out(keys)
     elif not keys:
@@ -109,5 +108,5 @@ def list_keys(json: JsonOption = False) -> None:
 @handle_errors
 def revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
     """Revoke an API key: it stops working at once."""
-    reply = local_client().request("DELETE", f"{KEYS_PATH}/{key}")
+    reply = local_client().revoke_key(key)
     output.info(f"Revoked key {reply['name']!r} ({reply['id']}).")
