@@ -14,6 +14,7 @@ from typing import Literal
 
 from daemon.errors import InvalidRequest, NotFound
 from daemon.fsutil import atomic_write_text
+from lms.api.settings import KeyInfo
 
 Scope = Literal["inference", "admin"]
 SCOPES: tuple[Scope, ...] = ("inference", "admin")
@@ -29,7 +30,7 @@ class ApiKey:
     created: float
     hint: str  # the first characters, to tell keys apart in listings
 
-    def public(self) -> dict[str, object]:
+    def public(self) -> KeyInfo:
         return {
             "id": self.id,
             "name": self.name,

@@ -27,6 +27,7 @@ from daemon.model_keys import (
     display_name,
     format_params,
     mentions_tools,
+    mlx_quant_name,
     params_from_name,
     quant_bits,
     quant_from_name,
@@ -34,6 +35,7 @@ from daemon.model_keys import (
     strip_name,
     variant_rank,
 )
+from lms.api.models import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +201,10 @@ def to_v0_dict(
     return out
 
 
-def to_ls_json(record: ModelRecord, *, model_key: str | None = None) -> dict[str, object]:
+def to_ls_json(record: ModelRecord, *, model_key: str | None = None) -> ModelInfo:
     """LM Studio's `ModelInfo` as `lms ls --json` prints it (MLX reports `safetensors`)."""
     embedding = record.type == "embeddings"
-    out: dict[str, object] = {
+    out: ModelInfo = {
         "type": "embedding" if embedding else "llm",
         "modelKey": model_key or record.key,
         "format": "gguf" if record.format == "gguf" else "safetensors",
@@ -212,6 +214,7 @@ def to_ls_json(record: ModelRecord, *, model_key: str | None = None) -> dict[str
         "sizeBytes": record.size_bytes,
         "indexedModelIdentifier": record.path,
         "deviceIdentifier": None,
+        "maxContextLength": record.max_context_length,
     }
     if record.params_string:
         out["paramsString"] = record.params_string
@@ -219,7 +222,6 @@ def to_ls_json(record: ModelRecord, *, model_key: str | None = None) -> dict[str
         out["architecture"] = record.arch
     if record.quantization:
         out["quantization"] = {"name": record.quantization, "bits": quant_bits(record.quantization)}
-    out["maxContextLength"] = record.max_context_length
     if not embedding:
         out["vision"] = record.type == "vlm"
         out["trainedForToolUse"] = "tool_use" in record.capabilities
@@ -443,7 +445,7 @@ def _mlx_record(models_dir: Path, folder: Path, rel: tuple[str, ...]) -> ModelRe
         format="mlx",
         type="vlm" if "vision_config" in config else "llm",
         arch=str(config["model_type"]) if "model_type" in config else None,
-        quantization=_mlx_quant(config),
+        quantization=mlx_quant_name(config),
         max_context_length=ctx if isinstance(ctx, int) else None,
         size_bytes=size,
         params_string=params_from_name(name),
@@ -452,15 +454,6 @@ def _mlx_record(models_dir: Path, folder: Path, rel: tuple[str, ...]) -> ModelRe
         files=tuple(files),
         error=error,
     )
-
-
-def _mlx_quant(config: dict[str, object]) -> str | None:
-    for key in ("quantization", "quantization_config"):
-        q = config.get(key)
-        if isinstance(q, dict) and isinstance(q.get("bits"), int):
-            return f"{q['bits']}bit"
-    dtype = config.get("torch_dtype", config.get("dtype"))
-    return dtype if isinstance(dtype, str) else None
 
 
 def _mlx_tool_template(folder: Path) -> bool:

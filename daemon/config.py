@@ -21,6 +21,7 @@ from daemon.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GUARDRAILS = ("off", "relaxed", "balanced", "strict")
+ENGINE_CHOICES = ("auto", "fake")
 ENV_ALIASES = {"LMS_SERVER_HOST": "bind"}
 
 
@@ -101,6 +102,20 @@ class Settings:
         default_factory=list,
         metadata={"help": "folders holding models (default: ~/.lmstudio/models or data dir)"},
     )
+    engine: str = field(
+        default="auto",
+        metadata={
+            "help": "engine for every load: auto (llama.cpp for GGUF, mlx-lm for MLX, each "
+            "in a worker process) or fake (the test engine, in the daemon's process)"
+        },
+    )
+    separate_reasoning: bool = field(
+        default=True,
+        metadata={
+            "help": "send a thinking model's <think> reasoning apart from its answer "
+            "(reasoning_content); false keeps it inline in the content"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -123,6 +138,9 @@ class Settings:
             raise InvalidSetting("max_queue", "must not be negative")
         if self.default_parallel < 1:
             raise InvalidSetting("default_parallel", "must be at least 1")
+        if self.engine not in ENGINE_CHOICES:
+            choices = ", ".join(ENGINE_CHOICES)
+            raise InvalidSetting("engine", f"must be one of {choices}, got {self.engine!r}")
         if self.max_body_bytes < 1024:
             raise InvalidSetting("max_body_bytes", "must be at least 1024")
 

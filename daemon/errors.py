@@ -14,7 +14,8 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     ├── Forbidden              not allowed on this channel or with this key (403)
     ├── Unauthorized           no API key, or an unknown one, where keys are required (401)
     ├── LoadFailed             a model could not be loaded; says why
-    │   └── UnknownEngine      no engine by that name
+    │   ├── UnknownEngine      no engine by that name
+    │   └── CrashedWhileLoading  its worker died while loading it (502, like WorkerCrashed)
     ├── WorkerCrashed          a model's worker process died; names the signal/exit code
     ├── ModelUnloaded          the model was unloaded while a request was using it
     ├── EngineError            an engine failed one request; its worker lives on
@@ -102,13 +103,19 @@ class UnknownEngine(LoadFailed):
         super().__init__(f"unknown engine {name!r}; known engines: {', '.join(self.known)}")
 
 
-class WorkerCrashed(LmsError):
-    """A model's worker process died (crash, abort(), kill -9, out of memory)."""
+class CrashedWhileLoading(LoadFailed):
+    """The worker died (crash, abort(), kill -9, out of memory) while loading a model."""
 
-    def __init__(self, pid: int, reason: str) -> None:
+
+class WorkerCrashed(LmsError):
+    """A model's worker process died (crash, abort(), kill -9, out of memory), or an
+    engine run inside the daemon failed beyond repair (pid None)."""
+
+    def __init__(self, pid: int | None, reason: str) -> None:
         self.pid = pid
         self.reason = reason
-        super().__init__(f"the model worker (pid {pid}) died: {reason}")
+        where = f"the model worker (pid {pid})" if pid is not None else "the model engine"
+        super().__init__(f"{where} died: {reason}")
 
 
 class ModelUnloaded(LmsError):

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from lms.api.log import PREDICTION_INPUT, PREDICTION_OUTPUT, SERVER_LOG
@@ -261,34 +261,4 @@ def done_stats(done: FinishedGeneration) -> dict[str, Any]:
         time_to_first_token=done.time_to_first_token,
         prompt_tokens=done.prompt_tokens,
         predicted_tokens=done.completion_tokens,
-    )
-
-
-def input_text(request: object) -> str:
-    """The input of a generation request: a chat's messages as text, or a completion's
-    prompt (engines.base.ChatRequest / CompletionRequest)."""
-    messages = getattr(request, "messages", None)
-    if messages is not None:
-        return messages_text(messages)
-    return str(getattr(request, "prompt", ""))
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts: keep the text, name the rest
-        return "".join(
-            str(part.get("text", "")) if part.get("type") == "text" else f"[{part.get('type')}]"
-            for part in content
-            if isinstance(part, dict)
-        )
-    return "" if content is None else str(content)
-
-
-def messages_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """A chat request as readable text for a prediction input event (the daemon does not
-    see the worker's templated prompt): one `role: content` block per message."""
-    return "\n\n".join(
-        f"{message.get('role', 'user')}: {_content_text(message.get('content'))}"
-        for message in messages
     )

@@ -4,7 +4,9 @@
        │           │                       ▲
        └──► failed ◄── (worker died) ──────┘
 
-Transitions are checked: anything else is a bug, not a state.
+Transitions are checked: anything else is a bug, not a state. Only the manager writes
+an instance (its state, its counters, its engine); everyone else reads it, and a request
+uses it only through a manager lease.
 """
 
 import asyncio
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from daemon.catalog import ModelRecord
 from daemon.eviction import InstanceFacts, Origin
+from lms.api.lifecycle import ProcessingStatus
 
 if TYPE_CHECKING:
-    from daemon.engines.host import WorkerHandle
+    from daemon.engines.handle import EngineHandle
 
 
 class State(enum.Enum):
@@ -69,10 +72,11 @@ class Instance:
     ttl: float | None
     idle_since: float
     state: State = State.LOADING
-    worker: "WorkerHandle | None" = None
-    in_flight: int = 0
-    prompt_processing: int = 0
-    generating: int = 0
+    engine: "EngineHandle | None" = None  # set once loaded; None again once gone
+    failure: str | None = None  # why it failed, once FAILED
+    in_flight: int = 0  # leases held (running or waiting for a slot)
+    prompt_processing: int = 0  # predictions reading their prompt
+    generating: int = 0  # predictions past their first token
     load_seconds: float = 0.0
     memory_bytes: int = 0
     loaded: asyncio.Future[None] = field(
@@ -93,7 +97,7 @@ class Instance:
         return self.state in (State.LOADING, State.LOADED)
 
     @property
-    def status(self) -> str:
+    def status(self) -> ProcessingStatus:
         """LM Studio's processing status, as `lms ps` shows it."""
         if self.state is State.LOADING:
             return "loading"

@@ -52,6 +52,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="serve only the Unix socket until `lms server start`",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--engine",
+        choices=["auto", "fake"],
+        help="engine for every load (fake: the deterministic test engine, in process)",
+    )
     parser.add_argument("--config", type=Path, help="config file (default: in the config dir)")
     parser.add_argument(
         "--detached", action="store_true", help="log to the rotating file in the log dir"
@@ -74,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "insecure": args.insecure,
                 "http": args.http,
                 "log_level": args.log_level,
+                "engine": args.engine,
             },
         )
     except ConfigError as exc:

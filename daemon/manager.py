@@ -1,14 +1,19 @@
 """The model manager: the only owner of loaded instances.
 
-`async with manager.lease(name, ttl=...) as instance:` is the one way to use a model. It
+`async with manager.lease(name, ttl=...) as lease:` is the one way to use a model. It
 finds a loaded instance or loads one (just in time; concurrent callers share one load),
-counts the request, and on exit releases it. Idle TTLs start only when an instance has no
-request in flight; an instance chosen for eviction drains first, it is never cut off.
-Decisions come from the pure `daemon.eviction`; this module acts on them.
+counts the request, and on exit releases it. The lease hands out the instance's engine
+(never missing: a model that died or was unloaded before the lease began is a typed
+error, 502 or 503) and reports what its request is doing (`lease.phase(...)`), which the
+manager counts: only the manager writes an instance. Idle TTLs start only when an instance
+has no request in flight; an instance chosen for eviction drains first, it is never cut
+off. Decisions come from the pure `daemon.eviction`; this module acts on them. One clock,
+injectable, times TTLs and idleness.
 """
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,8 +21,8 @@ from dataclasses import dataclass
 
 from daemon.catalog import ModelRecord
 from daemon.config import Settings
-from daemon.engines.base import LoadSpec
-from daemon.engines.host import WorkerHandle
+from daemon.engines.base import EngineInfo, LoadSpec
+from daemon.engines.handle import EngineHandle, EngineStarter, start_engine
 from daemon.errors import (
     InsufficientMemory,
     InvalidRequest,
@@ -25,22 +30,19 @@ from daemon.errors import (
     LoadFailed,
     ModelNotFound,
     ModelNotLoaded,
+    ModelUnloaded,
     ServerBusy,
+    WorkerCrashed,
 )
 from daemon.eviction import Origin, auto_evict_victims, expired, memory_victims, next_deadline
 from daemon.instance import Instance, LoadConfig, LoadRequest, State
-from daemon.memory import GuardrailMode, MemoryEstimate, allowed_bytes, estimate, format_bytes
+from daemon.memory import GuardrailMode, MemoryEstimate, allowed_bytes, estimate
 from daemon.model_store import ModelStore
+from lms.units import format_bytes
 
 log = logging.getLogger(__name__)
 
-WorkerStarter = Callable[[LoadSpec, Callable[[WorkerHandle, str], None]], Awaitable[WorkerHandle]]
-
-
-async def start_worker(
-    spec: LoadSpec, on_exit: Callable[[WorkerHandle, str], None]
-) -> WorkerHandle:
-    return await WorkerHandle.start(spec, on_exit=on_exit)
+FORMAT_ENGINES = {"gguf": "llama_cpp", "mlx": "mlx"}
 
 
 def available_memory() -> int:
@@ -49,8 +51,44 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def engine_for(record: ModelRecord) -> str:
-    return {"gguf": "llama_cpp", "mlx": "mlx"}[record.format]
+class Phase(enum.Enum):
+    """What a leased request is doing, as `lms ps` shows it."""
+
+    WAITING = "waiting"  # leased, not predicting (yet): queued, embedding, ...
+    PROMPT = "prompt"  # reading its prompt
+    GENERATING = "generating"  # past its first token
+
+
+class Lease:
+    """One request's use of an instance, for as long as the request lasts. `engine` is
+    never missing; `phase()` reports progress, which the manager counts."""
+
+    def __init__(self, manager: "ModelManager", inst: Instance, engine: EngineHandle) -> None:
+        self._manager = manager
+        self._inst = inst
+        self.engine = engine
+        self._phase = Phase.WAITING
+
+    @property
+    def identifier(self) -> str:
+        return self._inst.identifier
+
+    @property
+    def record(self) -> ModelRecord:
+        return self._inst.record
+
+    @property
+    def config(self) -> LoadConfig:
+        return self._inst.config
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.engine.info
+
+    def phase(self, phase: Phase) -> None:
+        if phase is not self._phase:
+            self._manager._count_phase(self._inst, self._phase, phase)
+            self._phase = phase
 
 
 @dataclass(frozen=True)
@@ -73,18 +111,20 @@ class ModelManager:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
-        starter: WorkerStarter = start_worker,
+        wall_clock: Callable[[], float] = time.time,
+        starter: EngineStarter = start_engine,
         memory: Callable[[], int] = available_memory,
-        engine_of: Callable[[ModelRecord], str] = engine_for,
+        engine_of: Callable[[ModelRecord], str] | None = None,
         on_change: Callable[[], None] | None = None,
         on_crash: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
-        self._clock = clock
+        self._clock = clock  # monotonic: TTLs, idleness, load times
+        self._wall_clock = wall_clock  # epoch seconds: only to report times to clients
         self._starter = starter
         self._memory = memory
-        self._engine_of = engine_of
+        self._engine_of = engine_of or self._engine_for
         self._on_change = on_change or (lambda: None)  # persists manual loads
         self._on_crash = on_crash or (lambda: None)  # counts crashes in the metrics
         self._instances: dict[str, Instance] = {}
@@ -131,6 +171,16 @@ class ModelManager:
         if inst.in_flight:
             return inst.ttl
         return max(0.0, inst.idle_since + inst.ttl - self._clock())
+
+    def last_used_epoch(self, inst: Instance) -> float:
+        """When the instance was last used, in epoch seconds (now while it is busy)."""
+        idle = 0.0 if inst.in_flight else max(0.0, self._clock() - inst.idle_since)
+        return self._wall_clock() - idle
+
+    def _engine_for(self, record: ModelRecord) -> str:
+        if self.settings.engine != "auto":
+            return self.settings.engine
+        return FORMAT_ENGINES[record.format]
 
     # -- planning --------------------------------------------------------------------------
 
@@ -250,7 +300,7 @@ class ModelManager:
                 embedding=plan.record.type == "embeddings",
                 mmproj_path=str(plan.record.mmproj) if plan.record.mmproj else None,
             )
-            worker = await self._starter(spec, self._worker_exited)
+            engine = await self._starter(spec, self._engine_exited)
         except BaseException as exc:
             inst.move_to(State.FAILED)
             self._instances.pop(inst.identifier, None)
@@ -262,15 +312,15 @@ class ModelManager:
                 raise
             return
         if inst.state is not State.LOADING:  # unloaded while loading
-            await worker.close()
+            await engine.close()
             inst.loaded.set_exception(LoadFailed(f"{inst.identifier} was unloaded while loading"))
             return
-        inst.worker = worker
+        inst.engine = engine
         inst.load_seconds = self._clock() - started
         inst.idle_since = self._clock()
-        rss = worker.rss_bytes()
-        if rss:
-            inst.memory_bytes = rss
+        measured = engine.memory_bytes()
+        if measured:
+            inst.memory_bytes = measured
         inst.move_to(State.LOADED)
         inst.loaded.set_result(None)
         log.info(
@@ -316,7 +366,7 @@ class ModelManager:
     @contextlib.asynccontextmanager
     async def lease(
         self, name: str, *, ttl: float | None = None, request: LoadRequest = LoadRequest()
-    ) -> AsyncIterator[Instance]:
+    ) -> AsyncIterator[Lease]:
         inst = self._find_usable(name)
         if inst is None:
             if not self.settings.jit_loading:
@@ -336,16 +386,35 @@ class ModelManager:
         # Count the request before waiting for the load, so nothing can expire it.
         inst.in_flight += 1
         self._wake.set()
+        lease: Lease | None = None
         try:
             await asyncio.shield(inst.loaded)
-            yield inst
+            lease = Lease(self, inst, self._engine_of_loaded(inst))
+            yield lease
         finally:
+            if lease is not None:
+                lease.phase(Phase.WAITING)
             inst.in_flight -= 1
             if inst.in_flight == 0:
                 inst.idle_since = self._clock()
                 if inst.state is State.DRAINING:
                     self._spawn(self._close(inst))
             self._wake.set()
+
+    def _engine_of_loaded(self, inst: Instance) -> EngineHandle:
+        """The engine of an instance whose load finished; it may have died since."""
+        if inst.engine is not None and inst.state in (State.LOADED, State.DRAINING):
+            return inst.engine
+        if inst.state is State.FAILED:
+            raise WorkerCrashed(None, inst.failure or "it failed")
+        raise ModelUnloaded(f"{inst.identifier} was unloaded")
+
+    def _count_phase(self, inst: Instance, old: Phase, new: Phase) -> None:
+        for phase, step in ((old, -1), (new, +1)):
+            if phase is Phase.PROMPT:
+                inst.prompt_processing += step
+            elif phase is Phase.GENERATING:
+                inst.generating += step
 
     def _find_usable(self, name: str) -> Instance | None:
         exact = self._instances.get(name)
@@ -390,9 +459,9 @@ class ModelManager:
     async def _close(self, inst: Instance) -> None:
         if inst.state is not State.DRAINING:
             return
-        worker, inst.worker = inst.worker, None
-        if worker is not None:
-            await worker.close()
+        engine, inst.engine = inst.engine, None
+        if engine is not None:
+            await engine.close()
         if inst.state is State.DRAINING:
             inst.move_to(State.UNLOADED)
         if self._instances.get(inst.identifier) is inst:
@@ -400,13 +469,14 @@ class ModelManager:
         log.info("unloaded %s", inst.identifier)
         self._changed()
 
-    def _worker_exited(self, worker: WorkerHandle, reason: str) -> None:
+    def _engine_exited(self, engine: object, reason: str) -> None:
         for inst in list(self._instances.values()):
-            if inst.worker is worker:
+            if inst.engine is engine:
                 log.error(
                     "model %s: %s; it will load again on the next request", inst.identifier, reason
                 )
-                inst.worker = None
+                inst.engine = None
+                inst.failure = reason
                 inst.move_to(State.FAILED)
                 del self._instances[inst.identifier]
                 self._on_crash()
@@ -449,8 +519,8 @@ class ModelManager:
         for inst in list(self._instances.values()):
             if inst.state is State.LOADING:
                 inst.move_to(State.UNLOADED)
-        workers = [i.worker for i in self._instances.values() if i.worker is not None]
-        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        engines = [i.engine for i in self._instances.values() if i.engine is not None]
+        await asyncio.gather(*(e.close() for e in engines), return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._instances.clear()

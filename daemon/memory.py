@@ -53,12 +53,3 @@ def estimate(record: ModelRecord, context_length: int) -> MemoryEstimate:
 
 def allowed_bytes(available_bytes: int, mode: GuardrailMode) -> float:
     return available_bytes * GUARDRAIL_SHARE[mode]
-
-
-def format_bytes(size: float) -> str:
-    """Base-1024, as LM Studio prints memory (GiB)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

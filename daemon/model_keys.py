@@ -114,3 +114,14 @@ def params_from_name(name: str) -> str | None:
 
 def mentions_tools(template: str) -> bool:
     return _TOOLS_RE.search(template) is not None
+
+
+def mlx_quant_name(config: dict[str, object]) -> str | None:
+    """An MLX model's quantization from its config.json: "4bit"/"8bit" from the
+    quantization block, else the weights' dtype ("bfloat16")."""
+    for key in ("quantization", "quantization_config"):
+        block = config.get(key)
+        if isinstance(block, dict) and isinstance(block.get("bits"), int):
+            return f"{block['bits']}bit"
+    dtype = config.get("torch_dtype", config.get("dtype"))
+    return dtype if isinstance(dtype, str) else None

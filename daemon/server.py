@@ -1,11 +1,13 @@
-"""The daemon's listeners: the owner-only Unix socket (always) and the TCP HTTP API.
+"""The daemon: its inference core, its HTTP app and its listeners, the owner-only Unix
+socket (always) and the TCP HTTP API.
 
-`Daemon` owns the aiohttp runner and both sites, and is the `DaemonControl` the admin
-routes drive (start/stop/move the TCP listener, shutdown, status).
+`Daemon` is the composition root's one object (daemon/main.py makes it): it builds the
+core (core.py) and the app around it, owns the aiohttp runner and both sites, and is
+the `DaemonControl` the admin routes drive (start/stop/move the TCP listener, shutdown,
+status, settings).
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -15,19 +17,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from daemon import restore
 from daemon.auth import KeyStore
 from daemon.config import Settings, save_setting
+from daemon.core import Core
+from daemon.engines.handle import EngineStarter, start_engine
 from daemon.errors import StartupError
-from daemon.events import EventBus, EventLogHandler
+from daemon.events import EventLogHandler
 from daemon.fsutil import atomic_write_text
-from daemon.http.app import create_app, metrics_for
-from daemon.http.security import is_loopback
-from daemon.manager import ModelManager
-from daemon.model_store import ModelStore, models_dirs_for
+from daemon.http.app import create_app
+from daemon.model_store import models_dirs_for
 from lms.api.admin import DaemonStatus, HttpListener
 from lms.api.version import API_VERSION, __version__
 from lms.paths import Paths
+from lms.units import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,27 @@ RESTART_ONLY = frozenset(
 
 
 class Daemon:
-    def __init__(self, settings: Settings, paths: Paths, config_file: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        paths: Paths,
+        config_file: Path,
+        *,
+        starter: EngineStarter = start_engine,
+    ) -> None:
         self.settings = settings
         self.paths = paths
         self.config_file = config_file
         self._started_at = time.monotonic()
         self._http = HttpConfig(bind=settings.bind, port=settings.port, cors=tuple(settings.cors))
         self.keys = KeyStore(paths.state_dir / "api-keys.json")
+        self.core = Core(
+            settings, data_dir=paths.data_dir, state_dir=paths.state_dir, starter=starter
+        )
+        self.app = create_app(self, self.core)
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
         self._stopping = asyncio.Event()
-        self.manager: ModelManager | None = None
-        self._restoring: asyncio.Task[None] | None = None
-        self.events = EventBus()
         self._event_log: EventLogHandler | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -71,29 +81,11 @@ class Daemon:
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
             raise StartupError(f"socket path too long for the OS: {socket_path}")
         # Server logs also go to `lms log stream --source server`.
-        self._event_log = EventLogHandler(self.events, asyncio.get_running_loop())
+        self._event_log = EventLogHandler(self.core.events, asyncio.get_running_loop())
         logging.getLogger().addHandler(self._event_log)
-        models = ModelStore(
-            models_dirs_for(self.settings, self.paths.data_dir),
-            self.paths.state_dir / "catalog-cache.json",
-        )
-        loads_file = self.paths.state_dir / "loaded-models.json"
-        manager = ModelManager(
-            models,
-            self.settings,
-            on_change=lambda: restore.save(loads_file, manager.manual_loads()),
-            on_crash=lambda: metrics.worker_crashes.inc(),
-        )
-        metrics = metrics_for(manager)
-        self.manager = manager
-        manager.start()
-        at_start = restore.read(loads_file) if self.settings.restore_on_restart else []
-        at_start += self.settings.preload
-        if at_start:
-            self._restoring = asyncio.create_task(restore.restore(manager, at_start))
-        app = create_app(self, self.manager, self.events, metrics)
+        self.core.start()
         self._runner = web.AppRunner(
-            app,
+            self.app,
             # A client that disconnects cancels its handler: generation stops at once.
             handler_cancellation=True,
             shutdown_timeout=self.settings.shutdown_timeout,
@@ -123,7 +115,7 @@ class Daemon:
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish up to the deadline, close all."""
         # Open log streams end now, so they never hold up the drain below.
-        self.events.close()
+        self.core.events.close()
         if self._runner is not None:
             log.info(
                 "shutting down: waiting up to %.0fs for in-flight requests",
@@ -132,12 +124,7 @@ class Daemon:
             await self._runner.cleanup()
             self._runner = None
             self._tcp_site = None
-        if self._restoring is not None:
-            self._restoring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._restoring
-        if self.manager is not None:
-            await self.manager.close()
+        await self.core.close()
         self.paths.socket.unlink(missing_ok=True)
         if self._event_log is not None:
             logging.getLogger().removeHandler(self._event_log)
@@ -152,12 +139,11 @@ class Daemon:
     async def apply_setting(self, key: str, new: Settings) -> bool:
         await asyncio.to_thread(save_setting, self.config_file, key, getattr(new, key))
         self.settings = new
-        assert self.manager is not None
-        self.manager.settings = new
+        self.core.manager.settings = new
         if key == "log_level":
             logging.getLogger().setLevel(new.log_level.upper())
         elif key == "models_dirs":
-            self.manager.store.set_dirs(models_dirs_for(new, self.paths.data_dir))
+            self.core.store.set_dirs(models_dirs_for(new, self.paths.data_dir))
         elif key in ("port", "bind", "cors") and self._tcp_site is not None:
             await self.start_http(port=new.port, bind=new.bind, cors=new.cors)
         elif key in ("port", "bind", "cors"):

@@ -1,14 +1,24 @@
-"""OpenAI request bodies (chat, completions, embeddings) -> validated internal requests.
-`/v1` and `/api/v0` share these: LM Studio's v0 bodies are OpenAI's plus `ttl`."""
+"""OpenAI request bodies (chat, completions, embeddings) -> the prediction service's
+requests (daemon/prediction/types.py). `/v1` and `/api/v0` share these: LM Studio's v0
+bodies are OpenAI's plus `ttl`. Pure: no I/O."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from daemon.compat.durations import request_ttl
 from daemon.compat.fields import in_range, optional, required
-from daemon.compat.tools import ToolSetup, parse_tools
+from daemon.compat.tools import parse_tools
 from daemon.engines.base import GenerationParams
 from daemon.errors import InvalidRequest
+from daemon.prediction.types import (
+    ContentPart,
+    EmbeddingRequest,
+    Message,
+    Prediction,
+    Role,
+    TextPart,
+    ToolCall,
+)
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 MAX_STOP_STRINGS = 16
@@ -16,47 +26,32 @@ MAX_STOP_STRINGS = 16
 
 @dataclass(frozen=True)
 class ParsedChat:
-    model: str
-    messages: list[dict[str, Any]]
-    params: GenerationParams
+    prediction: Prediction
     stream: bool
     include_usage: bool
-    ttl: float | None
-    tools: ToolSetup | None = None
-    structured: dict[str, Any] | None = None  # from response_format
 
 
 @dataclass(frozen=True)
 class ParsedCompletion:
-    model: str
-    prompt: str
-    params: GenerationParams
+    prediction: Prediction
     stream: bool
     include_usage: bool
-    ttl: float | None
     echo: bool = False
 
 
-@dataclass(frozen=True)
-class ParsedEmbedding:
-    model: str
-    inputs: list[str] = field(default_factory=list)
-    ttl: float | None = None
-
-
-def _text_of(content: Any, where: str) -> str:
-    """Message content as text: a string, or content parts of type text."""
+def _content_parts(content: Any, where: str) -> tuple[ContentPart, ...]:
+    """Message content: a string, or content parts of type text."""
     if content is None:
-        return ""
+        return ()
     if isinstance(content, str):
-        return content
+        return (TextPart(content),)
     if not isinstance(content, list):
         raise InvalidRequest(
             f"'{where}.content' must be a string or an array of content parts",
             param=f"{where}.content",
             code="invalid_type",
         )
-    texts = []
+    parts: list[ContentPart] = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise InvalidRequest(
@@ -71,7 +66,7 @@ def _text_of(content: Any, where: str) -> str:
                     param=f"{where}.content",
                     code="invalid_type",
                 )
-            texts.append(part["text"])
+            parts.append(TextPart(part["text"]))
         else:
             raise InvalidRequest(
                 f"content parts of type {part['type']!r} are not supported by this server "
@@ -79,10 +74,43 @@ def _text_of(content: Any, where: str) -> str:
                 param=f"{where}.content",
                 code="unsupported_content",
             )
-    return "".join(texts)
+    return tuple(parts)
 
 
-def parse_messages(raw: Any) -> list[dict[str, Any]]:
+def _tool_calls(raw: Any, where: str) -> tuple[ToolCall, ...]:
+    """An assistant message's earlier calls, in OpenAI's shape."""
+    calls: list[ToolCall] = []
+    for j, call in enumerate(raw):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequest(
+                f"'{where}.tool_calls[{j}]' must be "
+                '{"id": ..., "type": "function", "function": {"name": ..., "arguments": ...}}',
+                param=f"{where}.tool_calls",
+                code="invalid_type",
+            )
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = "{}" if arguments is None else _json_text(arguments, where)
+        call_id = call.get("id")
+        calls.append(
+            ToolCall(call_id if isinstance(call_id, str) else "", function["name"], arguments)
+        )
+    return tuple(calls)
+
+
+def _json_text(value: Any, where: str) -> str:
+    import json
+
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(
+            f"'{where}.tool_calls' arguments must be JSON text", param=f"{where}.tool_calls"
+        ) from None
+
+
+def parse_messages(raw: Any) -> tuple[Message, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest(
             "'messages' must be a non-empty array of messages",
@@ -101,23 +129,24 @@ def parse_messages(raw: Any) -> list[dict[str, Any]]:
                 param=f"{where}.role",
                 code="invalid_value",
             )
-        out: dict[str, Any] = {
-            "role": "system" if role == "developer" else role,
-            "content": _text_of(message.get("content"), where),
-        }
         tool_calls = message.get("tool_calls")
-        if tool_calls is not None:
-            if role != "assistant" or not isinstance(tool_calls, list):
-                raise InvalidRequest(
-                    f"'{where}.tool_calls' must be an array on an assistant message",
-                    param=f"{where}.tool_calls",
-                )
-            out["tool_calls"] = tool_calls
-        for key in ("tool_call_id", "name"):
-            if isinstance(message.get(key), str):
-                out[key] = message[key]
-        messages.append(out)
-    return messages
+        if tool_calls is not None and (role != "assistant" or not isinstance(tool_calls, list)):
+            raise InvalidRequest(
+                f"'{where}.tool_calls' must be an array on an assistant message",
+                param=f"{where}.tool_calls",
+            )
+        internal: Role = "system" if role == "developer" else role
+        tool_call_id, name = message.get("tool_call_id"), message.get("name")
+        messages.append(
+            Message(
+                role=internal,
+                content=_content_parts(message.get("content"), where),
+                tool_calls=_tool_calls(tool_calls or [], where),
+                tool_call_id=tool_call_id if isinstance(tool_call_id, str) else None,
+                name=name if isinstance(name, str) else None,
+            )
+        )
+    return tuple(messages)
 
 
 def parse_params(body: dict[str, Any]) -> GenerationParams:
@@ -220,16 +249,15 @@ def parse_chat(body: dict[str, Any]) -> ParsedChat:
     model = required(body, "model", str)
     messages = parse_messages(body.get("messages"))
     stream, include_usage = _stream_flags(body)
-    return ParsedChat(
+    prediction = Prediction(
         model=model,
         messages=messages,
         params=parse_params(body),
-        stream=stream,
-        include_usage=include_usage,
-        ttl=request_ttl(body),
         tools=parse_tools(body.get("tools"), body.get("tool_choice")),
         structured=parse_response_format(optional(body, "response_format", dict)),
+        ttl=request_ttl(body),
     )
+    return ParsedChat(prediction, stream=stream, include_usage=include_usage)
 
 
 def parse_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -271,18 +299,18 @@ def parse_completion(body: dict[str, Any]) -> ParsedCompletion:
     if not isinstance(prompt, str):
         raise InvalidRequest("'prompt' must be a string", param="prompt", code="invalid_type")
     stream, include_usage = _stream_flags(body)
+    prediction = Prediction(
+        model=model, prompt=prompt, params=parse_params(body), ttl=request_ttl(body)
+    )
     return ParsedCompletion(
-        model=model,
-        prompt=prompt,
-        params=parse_params(body),
+        prediction,
         stream=stream,
         include_usage=include_usage,
-        ttl=request_ttl(body),
         echo=bool(optional(body, "echo", bool)),
     )
 
 
-def parse_embedding(body: dict[str, Any]) -> ParsedEmbedding:
+def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:
     model = required(body, "model", str)
     raw = body.get("input")
     if raw is None:
@@ -296,4 +324,4 @@ def parse_embedding(body: dict[str, Any]) -> ParsedEmbedding:
             param="input",
             code="invalid_type",
         )
-    return ParsedEmbedding(model=model, inputs=inputs, ttl=request_ttl(body))
+    return EmbeddingRequest(model=model, inputs=tuple(inputs), ttl=request_ttl(body))

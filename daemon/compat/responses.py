@@ -1,13 +1,27 @@
-"""Internal results -> OpenAI response bodies and SSE chunks, plus LM Studio v0 extras
-(`stats`, `model_info`, `runtime`). `/v1` and `/api/v0` differ only in `lmstudio_extras`."""
+"""The prediction service's events -> OpenAI response bodies and SSE chunks, plus LM
+Studio v0 extras (`stats`, `model_info`, `runtime`). `/v1` and `/api/v0` differ only in
+`lmstudio_extras`. Pure: no I/O.
+
+Reasoning separated from the answer goes out as `reasoning_content` (LM Studio's name);
+tool calls as `tool_calls`, the content then null.
+"""
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from daemon.catalog import ModelRecord
-from daemon.engines.base import DoneEvent, EngineInfo, StopReason, TokenEvent
+from daemon.compat.tools import to_openai_call
+from daemon.engines.base import DoneEvent, StopReason, TokenEvent
+from daemon.prediction.types import (
+    ModelUsed,
+    PredictionDone,
+    PredictionEvent,
+    ReasoningFragment,
+    TextFragment,
+    ToolCallArguments,
+    ToolCallStarted,
+)
 
 FINISH_REASONS = {
     StopReason.EOS: "stop",
@@ -22,53 +36,38 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-@dataclass
-class Generated:
-    """What one generation produced, gathered from its events."""
-
-    text: str = ""
-    tokens: list[TokenEvent] = field(default_factory=list)
-    done: DoneEvent | None = None
-
-    def add(self, event: TokenEvent) -> None:
-        self.text += event.text
-        if event.token_id is not None:
-            self.tokens.append(event)
-
-
-def usage(done: DoneEvent) -> dict[str, int]:
+def usage(stats: DoneEvent) -> dict[str, int]:
     return {
-        "prompt_tokens": done.prompt_tokens,
-        "completion_tokens": done.completion_tokens,
-        "total_tokens": done.prompt_tokens + done.completion_tokens,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
     }
 
 
-def finish_reason(done: DoneEvent, *, tool_calls: bool = False) -> str:
-    return "tool_calls" if tool_calls else FINISH_REASONS[done.stop_reason]
+def finish_reason(done: PredictionDone) -> str:
+    return "tool_calls" if done.tool_calls else FINISH_REASONS[done.stats.stop_reason]
 
 
-def lmstudio_extras(
-    done: DoneEvent, record: ModelRecord, info: EngineInfo, *, stop_reason: str | None = None
-) -> dict[str, Any]:
+def lmstudio_extras(done: PredictionDone, model: ModelUsed) -> dict[str, Any]:
     """The fields LM Studio's /api/v0 adds to every completion."""
+    stats = done.stats
     return {
         "stats": {
-            "tokens_per_second": done.tokens_per_second,
-            "time_to_first_token": round(done.time_to_first_token, 3),
-            "generation_time": round(done.generation_time, 3),
-            "stop_reason": stop_reason or done.stop_reason.value,
+            "tokens_per_second": stats.tokens_per_second,
+            "time_to_first_token": round(stats.time_to_first_token, 3),
+            "generation_time": round(stats.generation_time, 3),
+            "stop_reason": done.stop_reason,
         },
         "model_info": {
-            "arch": info.arch or record.arch,
-            "quant": info.quant or record.quantization,
-            "format": record.format,
-            "context_length": info.context_length,
+            "arch": model.arch,
+            "quant": model.quantization,
+            "format": model.format,
+            "context_length": model.context_length,
         },
         "runtime": {
-            "name": info.runtime_name,
-            "version": info.runtime_version,
-            "supported_formats": list(info.supported_formats),
+            "name": model.runtime_name,
+            "version": model.runtime_version,
+            "supported_formats": list(model.supported_formats),
         },
     }
 
@@ -108,18 +107,14 @@ def completion_logprobs(tokens: list[TokenEvent]) -> dict[str, Any]:
 
 
 def chat_completion(
-    model_id: str,
-    generated: Generated,
-    *,
-    want_logprobs: bool,
-    tool_calls: list[dict[str, Any]] | None = None,
-    completion_id: str | None = None,
+    model_id: str, done: PredictionDone, *, want_logprobs: bool, completion_id: str | None = None
 ) -> dict[str, Any]:
-    assert generated.done is not None
-    message: dict[str, Any] = {"role": "assistant", "content": generated.text}
-    if tool_calls:
+    message: dict[str, Any] = {"role": "assistant", "content": done.text}
+    if done.reasoning:
+        message["reasoning_content"] = done.reasoning
+    if done.tool_calls:
         message["content"] = None
-        message["tool_calls"] = tool_calls
+        message["tool_calls"] = [to_openai_call(call) for call in done.tool_calls]
     return {
         "id": completion_id or new_id("chatcmpl"),
         "object": "chat.completion",
@@ -130,18 +125,17 @@ def chat_completion(
             {
                 "index": 0,
                 "message": message,
-                "logprobs": chat_logprobs(generated.tokens) if want_logprobs else None,
-                "finish_reason": finish_reason(generated.done, tool_calls=bool(tool_calls)),
+                "logprobs": chat_logprobs(list(done.tokens)) if want_logprobs else None,
+                "finish_reason": finish_reason(done),
             }
         ],
-        "usage": usage(generated.done),
+        "usage": usage(done.stats),
     }
 
 
 def text_completion(
-    model_id: str, generated: Generated, *, want_logprobs: bool, prefix: str = ""
+    model_id: str, done: PredictionDone, *, want_logprobs: bool, prefix: str = ""
 ) -> dict[str, Any]:
-    assert generated.done is not None
     return {
         "id": new_id("cmpl"),
         "object": "text_completion",
@@ -150,12 +144,12 @@ def text_completion(
         "choices": [
             {
                 "index": 0,
-                "text": prefix + generated.text,
-                "logprobs": completion_logprobs(generated.tokens) if want_logprobs else None,
-                "finish_reason": finish_reason(generated.done),
+                "text": prefix + done.text,
+                "logprobs": completion_logprobs(list(done.tokens)) if want_logprobs else None,
+                "finish_reason": finish_reason(done),
             }
         ],
-        "usage": usage(generated.done),
+        "usage": usage(done.stats),
     }
 
 
@@ -196,9 +190,9 @@ def text_chunk(
     }
 
 
-def usage_chunk(base: dict[str, Any], done: DoneEvent) -> dict[str, Any]:
+def usage_chunk(base: dict[str, Any], stats: DoneEvent) -> dict[str, Any]:
     """The extra last chunk `stream_options.include_usage` asks for: no choices, usage."""
-    return {**base, "choices": [], "usage": usage(done)}
+    return {**base, "choices": [], "usage": usage(stats)}
 
 
 def embeddings(model_id: str, vectors: list[list[float]], prompt_tokens: int) -> dict[str, Any]:
@@ -211,3 +205,76 @@ def embeddings(model_id: str, vectors: list[list[float]], prompt_tokens: int) ->
         "model": model_id,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+@dataclass
+class ChunkStream:
+    """One streamed chat or text completion: prediction events in, OpenAI chunks out.
+    `v0_model` adds LM Studio's extras to the last chunk (/api/v0)."""
+
+    model_id: str
+    chat: bool
+    want_logprobs: bool
+    include_usage: bool
+    v0_model: ModelUsed | None = None
+    completion_id: str = ""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.completion_id = self.completion_id or new_id("chatcmpl" if self.chat else "cmpl")
+        self.created = self.created or int(time.time())
+
+    def start(self) -> list[dict[str, Any]]:
+        return [self._chunk({"role": "assistant", "content": ""})] if self.chat else []
+
+    def event(self, event: PredictionEvent) -> list[dict[str, Any]]:
+        if isinstance(event, TextFragment):
+            return self._text(event)
+        if isinstance(event, ReasoningFragment):
+            return [self._chunk({"reasoning_content": event.text})] if self.chat else []
+        if isinstance(event, ToolCallStarted):
+            call = {
+                "index": event.index,
+                "id": event.id,
+                "type": "function",
+                "function": {"name": event.name, "arguments": ""},
+            }
+            return [self._chunk({"tool_calls": [call]})]
+        if isinstance(event, ToolCallArguments):
+            delta = {"index": event.index, "function": {"arguments": event.delta}}
+            return [self._chunk({"tool_calls": [delta]})]
+        if isinstance(event, PredictionDone):
+            return self._finish(event)
+        return []  # progress, call ends and failures say nothing more in OpenAI's stream
+
+    def _text(self, event: TextFragment) -> list[dict[str, Any]]:
+        with_logprobs = self.want_logprobs and event.token is not None
+        if not event.text and not with_logprobs:
+            return []  # held back (a possible stop string); nothing to say yet
+        logprobs = None
+        if with_logprobs and event.token is not None:
+            render = chat_logprobs if self.chat else completion_logprobs
+            logprobs = render([event.token])
+        return [self._chunk({"content": event.text}, text=event.text, logprobs=logprobs)]
+
+    def _finish(self, done: PredictionDone) -> list[dict[str, Any]]:
+        last = self._chunk({}, text="", finish=finish_reason(done))
+        if self.v0_model is not None:
+            last.update(lmstudio_extras(done, self.v0_model))
+        chunks = [last]
+        if self.include_usage:
+            chunks.append(usage_chunk(last, done.stats))
+        return chunks
+
+    def _chunk(
+        self,
+        delta: dict[str, Any],
+        *,
+        text: str = "",
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        ids = (self.completion_id, self.model_id, self.created)
+        if self.chat:
+            return chat_chunk(*ids, delta=delta, finish=finish, logprobs=logprobs)
+        return text_chunk(*ids, text=text, finish=finish, logprobs=logprobs)

@@ -1,8 +1,9 @@
 """The engine interface used inside a worker process, and the plain data both sides share.
 
 Everything here is a frozen dataclass that crosses the worker's socket as JSON through
-`to_dict()` / `from_dict()`. Engines (llama.cpp, the fake, later MLX) implement `Engine`;
-the daemon never imports an engine, it talks to a worker (see host.py).
+`to_dict()` / `from_dict()`. Engines (llama.cpp, MLX, the fake) implement `Engine`; the
+daemon never imports an engine: it holds an `EngineHandle` (handle.py) to a worker
+process, or to a thread of its own for the fake.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class LoadSpec:
     """How to load one model instance."""
 
     model_path: str
-    engine: str  # "llama_cpp" | "fake" | later "mlx"
+    engine: str  # "llama_cpp" | "mlx" | "fake" (runtime.ENGINES)
     context_length: int | None = None  # None: the engine's default (see docs/engines.md)
     gpu_ratio: float = 0.0  # 0 = CPU only, 1 = every layer it can offload
     parallel: int = 1
@@ -43,6 +44,7 @@ class LoadSpec:
     n_threads: int | None = None
     mmproj_path: str | None = None
     verbose: bool = False  # let the engine's own logging through (to the daemon's debug log)
+    in_process: bool = False  # run on a thread of the daemon (inprocess.py), not a worker
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,7 +123,10 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """The worker renders the prompt with the model's own chat template."""
+    """The worker renders the prompt with the model's own chat template. `messages` are
+    as chat templates read them: `role`, `content` (one string), and where present
+    `tool_calls` (OpenAI's shape), `tool_call_id`, `name` (prediction/service.py makes
+    them)."""
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None

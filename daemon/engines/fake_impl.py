@@ -1,6 +1,7 @@
 """A deterministic fake engine that ships in the package, for tests and demos.
 
-Its "model file" can be any small file. A file holding a JSON object is read as options:
+Its "model file" can be any file. A file holding a JSON object is read as options, and so
+is a GGUF file's `fake.options` string (any other file gets the defaults):
 
     {"fake": true, "token_delay": 0.01, "context_length": 256, "reply": "Hello there",
      "endless": false, "babble": false, "memory_mb": 0, "load_delay": 0,
@@ -11,7 +12,8 @@ It "generates" by echoing `reply`, else the last user message (chat) or the prom
 until max_tokens or the context is full. With `babble` (or nothing to echo) it draws words
 at random from a small list with `random.Random(seed)`, so seeds matter. `LMS_FAKE_TOKEN_DELAY`
 (seconds) overrides `token_delay`; `crash_after_tokens` calls abort() like a broken native
-library would; `memory_mb` allocates (and touches) that much memory at load.
+library would (in the daemon's process it raises SimulatedCrash instead); `memory_mb`
+allocates (and touches) that much memory at load.
 
 It has `LoadSpec.parallel` slots (base.BatchingEngine): up to that many generations run
 side by side, each advancing one word per step, and a step takes `token_delay` however
@@ -43,12 +45,14 @@ from daemon.engines.base import (
 )
 from daemon.engines.slots import DelegatedSlots, IteratorSlots, SlotRunner
 from daemon.engines.streaming import RawToken, shape_stream
-from daemon.errors import ContextOverflow, InvalidRequest, LoadFailed
+from daemon.errors import ContextOverflow, GgufError, InvalidRequest, LoadFailed
+from daemon.gguf import read_header
 
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
 WORDS = ("apple", "river", "stone", "cloud", "ember", "maple", "quartz", "delta", "lumen")
 EOS_ID = 0
 DELAY_ENV = "LMS_FAKE_TOKEN_DELAY"
+GGUF_OPTIONS_KEY = "fake.options"
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class FakeOptions:
 
 
 def read_options(path: str) -> FakeOptions:
+    """The options of a fake model: a JSON file's object, a GGUF file's `fake.options`
+    string (tests write catalog-visible fakes that way), or the defaults for anything else
+    (a real GGUF, an MLX directory: `lmsd --engine fake` serves whatever is on disk)."""
+    if os.path.isdir(path):
+        return FakeOptions()
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 20)
@@ -74,12 +83,28 @@ def read_options(path: str) -> FakeOptions:
         raise LoadFailed(f"model file not found: {path}") from None
     except OSError as exc:
         raise LoadFailed(f"cannot read model file {path}: {exc.strerror}") from exc
+    if head.startswith(b"GGUF"):
+        return _gguf_options(path)
     if not head.lstrip().startswith(b"{"):
         return FakeOptions()
+    return _options_from_json(head, path)
+
+
+def _gguf_options(path: str) -> FakeOptions:
     try:
-        data = json.loads(head)
+        text = read_header(path).metadata.get(GGUF_OPTIONS_KEY)
+    except GgufError as exc:
+        raise LoadFailed(f"{path} is not a readable GGUF: {exc}") from exc
+    return _options_from_json(text.encode(), path) if isinstance(text, str) else FakeOptions()
+
+
+def _options_from_json(raw: bytes, path: str) -> FakeOptions:
+    try:
+        data = json.loads(raw)
     except ValueError as exc:
         raise LoadFailed(f"{path} is not a fake model: invalid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise LoadFailed(f"{path}: fake model options must be a JSON object")
     known = {f.name for f in fields(FakeOptions)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -88,6 +113,11 @@ def read_options(path: str) -> FakeOptions:
         return FakeOptions(**data)
     except TypeError as exc:
         raise LoadFailed(f"{path}: bad fake model options ({exc})") from exc
+
+
+class SimulatedCrash(BaseException):
+    """`crash_after_tokens` inside the daemon's process (inprocess.py): ends the engine's
+    thread the way abort() ends a worker, without taking the daemon with it."""
 
 
 def token_id(piece: str) -> int:
@@ -99,6 +129,7 @@ class FakeEngine(DelegatedSlots):
         self._options = FakeOptions()
         self._ballast: bytearray | None = None
         self._delay = 0.0
+        self._in_process = False
         self._slots = IteratorSlots(self._generate_batched)
 
     def load(self, spec: LoadSpec) -> EngineInfo:
@@ -109,6 +140,7 @@ class FakeEngine(DelegatedSlots):
         if options.memory_mb:
             self._ballast = bytearray(b"\x01") * (options.memory_mb << 20)
         context = spec.context_length or options.context_length
+        self._in_process = spec.in_process
         self._options = replace(options, context_length=context)
         self._delay = float(os.environ.get(DELAY_ENV) or options.token_delay)
         self._slots = IteratorSlots(
@@ -206,6 +238,8 @@ class FakeEngine(DelegatedSlots):
         for count, piece in enumerate(pieces):
             crash_at = self._options.crash_after_tokens
             if crash_at is not None and count >= crash_at:
+                if self._in_process:
+                    raise SimulatedCrash(f"crash_after_tokens={crash_at}")
                 os.abort()
             if delay:
                 time.sleep(self._delay)
@@ -227,8 +261,6 @@ class FakeEngine(DelegatedSlots):
 
 def _text(message: dict[str, Any]) -> str:
     content = message.get("content")
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
 
 

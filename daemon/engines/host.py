@@ -8,38 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import itertools
 import logging
 import os
 import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from daemon.engines.base import (
-    DoneEvent,
-    EmbedResult,
-    EngineInfo,
-    GenerationRequest,
-    LoadSpec,
-    StreamEvent,
-    TokenEvent,
+from daemon.engines.base import EngineInfo, LoadSpec
+from daemon.engines.client import EngineClient, OnExit, State
+from daemon.engines.protocol import Message, Op, encode_frame, read_frame_async
+from daemon.errors import (
+    CrashedWhileLoading,
+    LmsError,
+    LoadFailed,
+    ProtocolError,
+    WorkerCrashed,
 )
-from daemon.engines.protocol import (
-    Message,
-    Op,
-    Reply,
-    encode_frame,
-    error_from_wire,
-    read_frame_async,
-)
-from daemon.errors import LmsError, LoadFailed, ModelUnloaded, ProtocolError, WorkerCrashed
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +36,6 @@ OUTPUT_TAIL_LINES = 20
 EXIT_AFTER_EOF_S = 5.0  # a worker that closed its socket but lingers is killed after this
 TERM_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-
-OnExit = Callable[["WorkerHandle", str], None]
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    CLOSING = "closing"
-    EXITED = "exited"
 
 
 def describe_exit(returncode: int) -> str:
@@ -69,7 +49,7 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-class WorkerHandle:
+class WorkerHandle(EngineClient):
     """One worker process holding one loaded model instance. Make one with `start()`."""
 
     def __init__(
@@ -80,19 +60,12 @@ class WorkerHandle:
         writer: asyncio.StreamWriter,
         on_exit: OnExit | None,
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, on_exit)
         self._proc = proc
         self._reader = reader
         self._writer = writer
-        self._on_exit = on_exit
-        self._state = State.STARTING
-        self._ids = itertools.count(1)
-        self._calls: dict[int, asyncio.Future[Any]] = {}
-        self._streams: dict[int, asyncio.Queue[Message | LmsError]] = {}
         self._output: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
-        self._exit_reason: str | None = None
         self._close_task: asyncio.Task[None] | None = None
-        self._info: EngineInfo | None = None
         self._output_task = asyncio.create_task(self._pump_output(), name=f"worker-out-{self.pid}")
         self._reader_task = asyncio.create_task(self._read_frames(), name=f"worker-rx-{self.pid}")
 
@@ -150,7 +123,7 @@ class WorkerHandle:
                 handle._kill()
             await handle.close()
             if isinstance(exc, WorkerCrashed):
-                raise LoadFailed(
+                raise CrashedWhileLoading(
                     f"the model worker died while loading {spec.model_path}: "
                     f"{exc.reason}{handle._last_output()}"
                 ) from exc
@@ -174,7 +147,7 @@ class WorkerHandle:
     async def _close(self, timeout: float, term_grace: float) -> None:
         if self._state is not State.EXITED:
             self._state = State.CLOSING
-            self._write_nowait({"type": Op.SHUTDOWN.value, "id": 0})
+            self._post_nowait({"type": Op.SHUTDOWN.value, "id": 0})
             if not await self._wait_exit(timeout):
                 log.warning("worker %d did not exit in %.1fs; terminating it", self.pid, timeout)
                 self._signal(signal.SIGTERM)
@@ -209,25 +182,7 @@ class WorkerHandle:
     def pid(self) -> int:
         return self._proc.pid
 
-    @property
-    def info(self) -> EngineInfo:
-        if self._info is None:
-            raise RuntimeError("the worker has not loaded its model yet")
-        return self._info
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-    @property
-    def alive(self) -> bool:
-        return self._state in (State.STARTING, State.READY)
-
-    @property
-    def exit_reason(self) -> str | None:
-        return self._exit_reason
-
-    def rss_bytes(self) -> int:
+    def memory_bytes(self) -> int:
         """Resident memory of the worker process (0 once it is gone)."""
         if self._proc.returncode is not None:
             return 0
@@ -236,89 +191,9 @@ class WorkerHandle:
         except psutil.Error:
             return 0
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
-        """TokenEvents, then one DoneEvent. If the consumer stops early (aclose(), a client
-        disconnect) the worker is told to cancel this request and this returns at once."""
-        self._check_usable()
-        rid = next(self._ids)
-        replies: asyncio.Queue[Message | LmsError] = asyncio.Queue()
-        self._streams[rid] = replies
-        finished = False
-        try:
-            await self._send({"type": Op.GENERATE.value, "id": rid, "request": request.to_dict()})
-            while True:
-                reply = await replies.get()
-                if isinstance(reply, LmsError):
-                    finished = True
-                    raise reply
-                kind = reply["type"]
-                if kind == Reply.TOKEN:
-                    yield TokenEvent.from_dict(reply["event"])
-                elif kind == Reply.DONE:
-                    finished = True
-                    yield DoneEvent.from_dict(reply["event"])
-                    return
-                elif kind == Reply.ERROR:
-                    finished = True
-                    raise error_from_wire(reply["error"])
-                else:
-                    raise ProtocolError(f"unexpected {kind!r} frame in a generation")
-        finally:
-            del self._streams[rid]
-            if not finished:
-                self._write_nowait({"type": Op.CANCEL.value, "id": rid})
-
-    async def embed(self, texts: list[str]) -> EmbedResult:
-        return EmbedResult.from_dict(await self._call(Op.EMBED, texts=list(texts)))
-
-    async def render_chat(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-    ) -> str:
-        value = await self._call(
-            Op.RENDER_CHAT,
-            messages=messages,
-            tools=tools,
-            add_generation_prompt=add_generation_prompt,
-        )
-        return str(value)
-
-    async def count_tokens(self, text: str) -> int:
-        return int(await self._call(Op.COUNT_TOKENS, text=text))
-
-    async def fetch_info(self) -> EngineInfo:
-        """Asks the worker itself (a liveness check as much as anything)."""
-        return EngineInfo.from_dict(await self._call(Op.INFO))
-
     # -- plumbing ---------------------------------------------------------------------
 
-    def _gone_error(self) -> LmsError | None:
-        if self._state is State.EXITED and self._exit_reason is not None:
-            return WorkerCrashed(self.pid, self._exit_reason)
-        if self._state in (State.CLOSING, State.EXITED):
-            return ModelUnloaded(f"the model {self.spec.model_path} was unloaded")
-        return None
-
-    def _check_usable(self) -> None:
-        error = self._gone_error()
-        if error is not None:
-            raise error
-
-    async def _call(self, op: Op, **fields: Any) -> Any:
-        self._check_usable()
-        rid = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[rid] = future
-        try:
-            await self._send({"type": op.value, "id": rid, **fields})
-            return await future
-        finally:
-            if self._calls.pop(rid, None) is not None and op in (Op.EMBED,):
-                self._write_nowait({"type": Op.CANCEL.value, "id": rid})
-
-    async def _send(self, message: Message) -> None:
+    async def _post(self, message: Message) -> None:
         frame = encode_frame(message)
         try:
             self._writer.write(frame)
@@ -329,7 +204,7 @@ class WorkerHandle:
             self._check_usable()
             raise
 
-    def _write_nowait(self, message: Message) -> None:
+    def _post_nowait(self, message: Message) -> None:
         if self._state is State.EXITED or self._writer.is_closing():
             return
         with contextlib.suppress(ConnectionError, OSError):
@@ -348,21 +223,6 @@ class WorkerHandle:
             pass  # a reset (it died with our frames unread) is an end like EOF
         await self._after_eof(problem)
 
-    def _dispatch(self, message: Message) -> None:
-        rid = message["id"]
-        if rid in self._streams:
-            self._streams[rid].put_nowait(message)
-            return
-        future = self._calls.pop(rid, None)
-        if future is None or future.done():
-            return  # a late frame for a request its caller gave up on
-        if message["type"] == Reply.RESULT:
-            future.set_result(message.get("value"))
-        elif message["type"] == Reply.ERROR:
-            future.set_exception(error_from_wire(message.get("error")))
-        else:
-            future.set_exception(ProtocolError(f"unexpected {message['type']!r} reply"))
-
     async def _after_eof(self, problem: str | None) -> None:
         """The socket closed: the worker exited (or is about to). Find out how, fail what
         was in flight, and tell the owner if nobody asked it to go."""
@@ -370,28 +230,14 @@ class WorkerHandle:
             self._kill()
         returncode = await self._proc.wait()
         await asyncio.wait({self._output_task}, timeout=1.0)  # its last words, for the log
-        expected = self._state is State.CLOSING
-        was_ready = self._state is State.READY
-        reason = problem or describe_exit(returncode)
-        self._exit_reason = None if expected else reason
-        self._state = State.EXITED
         self._writer.close()
-        if not expected:
+        reason = problem or describe_exit(returncode)
+        if self._state is not State.CLOSING:
             tail = "".join(f"\n  | {line}" for line in self._output)
             log.warning(
                 "model worker %d (%s) died: %s%s", self.pid, self.spec.model_path, reason, tail
             )
-        for future in self._calls.values():
-            if not future.done():
-                future.set_exception(self._gone_error() or ModelUnloaded())
-        self._calls.clear()
-        for replies in self._streams.values():
-            replies.put_nowait(self._gone_error() or ModelUnloaded())
-        if was_ready and self._on_exit is not None:
-            try:
-                self._on_exit(self, reason)
-            except Exception:
-                log.exception("on_exit callback failed for worker %d", self.pid)
+        self._ended(reason)
 
     async def _pump_output(self) -> None:
         """Worker stdout+stderr (llama.cpp logs there) go to the daemon's debug log."""

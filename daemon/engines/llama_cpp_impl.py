@@ -235,9 +235,8 @@ class LlamaCppEngine(DelegatedSlots):
                 self._template, self._eos_text, self._bos_text, add_generation_prompt
             )
             self._formatters[add_generation_prompt] = formatter
-        flat = [{**m, "content": _text_content(m.get("content"))} for m in messages]
         try:
-            return str(formatter(messages=flat, tools=tools).prompt)  # type: ignore[arg-type]
+            return str(formatter(messages=messages, tools=tools).prompt)  # type: ignore[arg-type]
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from exc
 
@@ -338,13 +337,6 @@ class LlamaCppEngine(DelegatedSlots):
             self._own.close()
             self._own = None
         self._vocab = None
-
-
-def _text_content(content: Any) -> Any:
-    """OpenAI content parts -> the plain text most chat templates expect."""
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return content
 
 
 def _pool(vector: Any) -> list[float]:

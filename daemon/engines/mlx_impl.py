@@ -39,6 +39,7 @@ from daemon.engines.base import (
 )
 from daemon.engines.streaming import RawToken, prompt_tokens, shape_stream
 from daemon.errors import EngineError, InvalidRequest, LoadFailed
+from daemon.model_keys import mlx_quant_name
 
 DEFAULT_CONTEXT = 4096
 PREFILL_CHUNK = 512  # prompt tokens per model call; a cancel is seen between chunks
@@ -63,16 +64,6 @@ def backend() -> str:
 def runtime_name() -> str:
     """e.g. "mlx-lm-linux-x86_64-cpu" or "mlx-lm-darwin-arm64-metal"."""
     return f"mlx-lm-{sys.platform}-{platform.machine().lower()}-{backend()}"
-
-
-def quant_name(config: dict[str, Any]) -> str | None:
-    """ "4bit"/"8bit" from the quantization block, else the weights' dtype (as the catalog)."""
-    for key in ("quantization", "quantization_config"):
-        block = config.get(key)
-        if isinstance(block, dict) and isinstance(block.get("bits"), int):
-            return f"{block['bits']}bit"
-    dtype = config.get("torch_dtype", config.get("dtype"))
-    return dtype if isinstance(dtype, str) else None
 
 
 def trained_context(config: dict[str, Any]) -> int | None:
@@ -202,7 +193,7 @@ class MlxEngine:
             supported_formats=["mlx"],
             context_length=self._n_ctx,
             arch=str(config.get("model_type", "unknown")),
-            quant=quant_name(config),
+            quant=mlx_quant_name(config),
             n_gpu_layers=(int(layers) if backend() != "cpu" and isinstance(layers, int) else 0),
             embedding=False,
             chat_template=self._has_template,
@@ -218,14 +209,13 @@ class MlxEngine:
     ) -> str:
         if self._tokenizer is None:
             raise EngineError("no model is loaded")
-        flat = [{**m, "content": _text_content(m.get("content"))} for m in messages]
         kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
         if tools:
             kwargs["tools"] = tools
         if not self._has_template:
             kwargs["chat_template"] = CHATML
         try:
-            text = self._tokenizer.apply_chat_template(flat, tokenize=False, **kwargs)
+            text = self._tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
         except (jinja2.TemplateError, ValueError, TypeError, KeyError) as exc:
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from exc
         return str(text)
@@ -400,10 +390,3 @@ def _vocab_size(config: dict[str, Any]) -> int | None:
     if value is None and isinstance(text, dict):
         value = text.get("vocab_size")
     return value if isinstance(value, int) and value > 0 else None
-
-
-def _text_content(content: Any) -> Any:
-    """OpenAI content parts -> the plain text most chat templates expect."""
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return content

@@ -42,7 +42,6 @@ class Op(StrEnum):
     EMBED = "embed"  # texts -> result: EmbedResult
     RENDER_CHAT = "render_chat"  # messages, tools, add_generation_prompt -> result: str
     COUNT_TOKENS = "count_tokens"  # text -> result: int
-    INFO = "info"  # -> result: EngineInfo
     SHUTDOWN = "shutdown"  # cancel everything, close the engine, exit 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from pathlib import Path
 from typing import cast
 
 from daemon.engines.base import Engine
@@ -48,15 +47,3 @@ def load_engine_class(name: str) -> type[Engine]:
     except ImportError as exc:  # installed, but a library it needs is missing or broken
         raise LoadFailed(f"engine {name!r} cannot be imported ({exc}){hint}") from exc
     return cast(type[Engine], getattr(module, class_name))
-
-
-def auto_engine(model_path: str | Path) -> str:
-    """The engine for a model file when the caller says "auto": GGUF files go to
-    llama.cpp; an MLX model directory (with config.json) to mlx; a JSON file is a fake
-    model (tests and demos)."""
-    if (Path(model_path) / "config.json").is_file():
-        return "mlx"
-    suffix = Path(model_path).suffix.lower()
-    if suffix == ".json":
-        return "fake"
-    return "llama_cpp"

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from daemon.engines.base import (
     BatchingEngine,
@@ -59,7 +60,16 @@ QUEUED = (Op.GENERATE.value, Op.EMBED.value)
 ARRIVED = "_arrived"  # set on queued messages by the reader thread: time.perf_counter()
 
 
-class Channel:
+class Channel(Protocol):
+    """Where the scheduler's replies go: the socket in a worker process (SocketChannel),
+    the daemon's event loop for an engine run on a thread of the daemon (inprocess.py)."""
+
+    def reply(self, rid: int, kind: Reply, **fields: object) -> None: ...
+
+    def error(self, rid: int, exc: BaseException) -> None: ...
+
+
+class SocketChannel:
     """The worker's end of the socket; sends from either thread."""
 
     def __init__(self, sock: socket.socket) -> None:
@@ -123,27 +133,14 @@ class WorkerServer:
         self.stopping = threading.Event()  # a shutdown is on its way to the main thread
         self.info: EngineInfo | None = None
 
-    # -- reader thread ------------------------------------------------------------
+    # -- any thread: what the daemon sends ------------------------------------------
 
-    def read_loop(self) -> None:
-        try:
-            while (message := read_frame(self.channel.sock)) is not None:
-                self._route(message)
-        except (ProtocolError, OSError) as exc:
-            log.error("bad frame from the daemon, exiting: %s", exc)
-        # The daemon closed our socket (or died): nobody is left to serve. The kernel
-        # gives every byte of the model's memory back; there is nothing to save.
-        os._exit(0)
-
-    def _route(self, message: Message) -> None:
+    def route(self, message: Message) -> None:
+        """Takes one message from the daemon (from any thread); a cancel takes effect at
+        once, the rest waits for the main thread."""
         rid, kind = message["id"], message["type"]
         if kind == Op.CANCEL:
             self.cancels.cancel(rid)
-        elif kind == Op.INFO:
-            if self.info is None:
-                self.channel.error(rid, EngineError("no model is loaded yet"))
-            else:
-                self.channel.reply(rid, Reply.RESULT, value=self.info.to_dict())
         else:
             if kind in QUEUED:
                 message[ARRIVED] = time.perf_counter()
@@ -323,6 +320,17 @@ class WorkerServer:
             self.engine = None
 
 
+def read_loop(server: WorkerServer, sock: socket.socket) -> None:
+    try:
+        while (message := read_frame(sock)) is not None:
+            server.route(message)
+    except (ProtocolError, OSError) as exc:
+        log.error("bad frame from the daemon, exiting: %s", exc)
+    # The daemon closed our socket (or died): nobody is left to serve. The kernel
+    # gives every byte of the model's memory back; there is nothing to save.
+    os._exit(0)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL us when the daemon dies; exit if it already has."""
     if sys.platform.startswith("linux"):
@@ -347,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    server = WorkerServer(Channel(socket.socket(fileno=args.fd)))
-    threading.Thread(target=server.read_loop, name="worker-reader", daemon=True).start()
+    sock = socket.socket(fileno=args.fd)
+    server = WorkerServer(SocketChannel(sock))
+    threading.Thread(
+        target=read_loop, args=(server, sock), daemon=True, name="worker-reader"
+    ).start()
     return server.run()
 
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from daemon.errors import InvalidRequest
 from daemon.http.errors import read_json_object
 from daemon.http.keys import CONTROL
-from daemon.http.security import require_admin
+from daemon.http.routes import ADMIN, INFERENCE, PUBLIC, Route
 from lms.api import admin
 
 
@@ -26,10 +26,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def shutdown(request: web.Request) -> web.Response:
-    require_admin(request)
     control = request.app[CONTROL]
     control.request_shutdown()
-    return web.json_response({"status": "stopping", "pid": control.status()["pid"]})
+    reply: admin.ShutdownReply = {"status": "stopping", "pid": control.status()["pid"]}
+    return web.json_response(reply)
 
 
 def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
@@ -52,7 +52,6 @@ def _cors_origins(value: Any) -> list[str] | None:
 
 
 async def server_start(request: web.Request) -> web.Response:
-    require_admin(request)
     body = await read_json_object(request) if request.can_read_body else {}
     port = _optional(body, "port", int)
     if port is not None and not 0 <= port <= 65535:
@@ -65,16 +64,18 @@ async def server_start(request: web.Request) -> web.Response:
 
 
 async def server_stop(request: web.Request) -> web.Response:
-    require_admin(request)
     control = request.app[CONTROL]
     was_running = await control.stop_http()
-    return web.json_response({"stopped": was_running, **control.status()["http"]})
+    reply: admin.ServerStopReply = {**control.status()["http"], "stopped": was_running}
+    return web.json_response(reply)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(admin.GREETING_PATH, greeting)
-    app.router.add_get(admin.HEALTH_PATH, health)
-    app.router.add_get(admin.STATUS_PATH, status)
-    app.router.add_post(admin.SHUTDOWN_PATH, shutdown)
-    app.router.add_post(admin.SERVER_START_PATH, server_start)
-    app.router.add_post(admin.SERVER_STOP_PATH, server_stop)
+def routes() -> list[Route]:
+    return [
+        Route("GET", admin.GREETING_PATH, greeting, PUBLIC),
+        Route("GET", admin.HEALTH_PATH, health, PUBLIC),
+        Route("GET", admin.STATUS_PATH, status, INFERENCE),
+        Route("POST", admin.SHUTDOWN_PATH, shutdown, ADMIN),
+        Route("POST", admin.SERVER_START_PATH, server_start, ADMIN),
+        Route("POST", admin.SERVER_STOP_PATH, server_stop, ADMIN),
+    ]

@@ -1,9 +1,9 @@
-"""The aiohttp application factory: routes, middlewares (security, errors, metrics) and
-CORS."""
+"""The aiohttp application factory: the route table, middlewares (access, errors,
+metrics), CORS and the API version header."""
 
 from aiohttp import web
 
-from daemon.events import EventBus
+from daemon.core import Core
 from daemon.http import (
     admin_routes,
     inference_routes,
@@ -14,10 +14,11 @@ from daemon.http import (
 )
 from daemon.http.control import DaemonControl
 from daemon.http.errors import Handler, error_middleware, error_response
-from daemon.http.keys import CONTROL, EVENTS, MANAGER, METRICS, MODELS
-from daemon.http.security import cors_allows, security_middleware
-from daemon.manager import ModelManager
-from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.http.keys import CONTROL, EVENTS, MANAGER, METRICS, MODELS, PREDICTIONS
+from daemon.http.routes import INFERENCE, Route, register
+from daemon.http.security import access_middleware, cors_allows
+from daemon.metrics import CONTENT_TYPE
+from lms.api.version import API_VERSION, API_VERSION_HEADER
 
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, X-Api-Key"
@@ -51,8 +52,9 @@ async def cors_preflight_middleware(request: web.Request, handler: Handler) -> w
     return response
 
 
-async def add_cors_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+async def add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     # A signal rather than a middleware, so streamed (SSE) responses get the headers too.
+    response.headers[API_VERSION_HEADER] = str(API_VERSION)  # `lms` checks it
     if not isinstance(request, web.Request):
         return
     origin = _allowed_origin(request)
@@ -83,41 +85,35 @@ async def metrics_route(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
-def metrics_for(manager: ModelManager) -> Metrics:
-    return Metrics(
-        loaded=lambda: len(manager.instances()),
-        queued=lambda: sum(max(0, i.in_flight - i.config.parallel) for i in manager.instances()),
-    )
-
-
-def create_app(
-    control: DaemonControl,
-    manager: ModelManager,
-    events: EventBus | None = None,
-    metrics: Metrics | None = None,
-) -> web.Application:
+def create_app(control: DaemonControl, core: Core) -> web.Application:
     app = web.Application(
         client_max_size=control.settings.max_body_bytes,
         # Outermost first: metrics see every final status, errors become responses
-        # before metrics count them, security runs before any handler.
+        # before metrics count them, access is checked before any handler.
         middlewares=[
             metrics_middleware,
             cors_preflight_middleware,
             error_middleware,
-            security_middleware,
+            access_middleware,
         ],
     )
     app[CONTROL] = control
-    app[MODELS] = manager.store
-    app[MANAGER] = manager
-    app[EVENTS] = EventBus() if events is None else events
-    app[METRICS] = metrics_for(manager) if metrics is None else metrics
-    app.on_response_prepare.append(add_cors_headers)
-    app.router.add_get("/metrics", metrics_route)
-    admin_routes.add_routes(app)
-    models_routes.add_routes(app)
-    inference_routes.add_routes(app)
-    lifecycle_routes.add_routes(app)
-    log_routes.add_routes(app)
-    settings_routes.add_routes(app)
+    app[MODELS] = core.store
+    app[MANAGER] = core.manager
+    app[EVENTS] = core.events
+    app[METRICS] = core.metrics
+    app[PREDICTIONS] = core.predictions
+    app.on_response_prepare.append(add_headers)
+    register(
+        app,
+        [
+            Route("GET", "/metrics", metrics_route, INFERENCE),
+            *admin_routes.routes(),
+            *models_routes.routes(),
+            *inference_routes.routes(),
+            *lifecycle_routes.routes(),
+            *log_routes.routes(),
+            *settings_routes.routes(),
+        ],
+    )
     return app

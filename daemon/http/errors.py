@@ -9,6 +9,7 @@ from aiohttp import web
 
 from daemon.errors import (
     ConfigError,
+    CrashedWhileLoading,
     EngineError,
     Forbidden,
     InsufficientMemory,
@@ -39,6 +40,7 @@ ERROR_TABLE: dict[type[LmsError], tuple[int, str, str | None]] = {
     ConfigError: (400, "invalid_request_error", "invalid_config"),
     StartupError: (409, "server_error", "listener_failed"),
     InsufficientMemory: (507, "server_error", "insufficient_memory"),
+    CrashedWhileLoading: (502, "server_error", "model_crashed"),
     LoadFailed: (500, "server_error", "model_load_failed"),
     WorkerCrashed: (502, "server_error", "model_crashed"),
     ModelUnloaded: (503, "server_error", "model_unloaded"),

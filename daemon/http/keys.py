@@ -7,9 +7,11 @@ from daemon.http.control import DaemonControl
 from daemon.manager import ModelManager
 from daemon.metrics import Metrics
 from daemon.model_store import ModelStore
+from daemon.prediction.service import PredictionService
 
 CONTROL = web.AppKey("control", DaemonControl)
 MODELS = web.AppKey("models", ModelStore)
 MANAGER = web.AppKey("manager", ModelManager)
 EVENTS = web.AppKey("events", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
+PREDICTIONS = web.AppKey("predictions", PredictionService)

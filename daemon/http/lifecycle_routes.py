@@ -1,7 +1,6 @@
 """Loading and unloading: LM Studio's `/api/v1/models/load|unload` (what `lms load` and
 `lms unload` call) and the listing of loaded instances behind `lms ps`."""
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -12,9 +11,11 @@ from daemon.compat.fields import optional, required
 from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
+from daemon.http.routes import MANAGE, Route
 from daemon.instance import Instance, LoadRequest
 from daemon.manager import ModelManager
 from lms.api import lifecycle as api
+from lms.api.models import ModelInfo
 
 
 def _gpu_ratio(value: Any) -> float | None:
@@ -40,27 +41,26 @@ def _positive(body: dict[str, Any], name: str) -> int | None:
     return value  # type: ignore[no-any-return]
 
 
-def instance_json(manager: ModelManager, inst: Instance) -> dict[str, Any]:
+def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> api.InstanceInfo:
     """One loaded instance, in the shape of LM Studio's `lms ps --json` plus our extras."""
-    info = inst.worker.info if inst.worker is not None else None
+    info = inst.engine.info if inst.engine is not None else None
     remaining = manager.ttl_remaining(inst)
-    idle_for = max(0.0, time.monotonic() - inst.idle_since) if not inst.in_flight else 0.0
     return {
-        **to_ls_json(inst.record),
+        **to_ls_json(inst.record, model_key=catalog.public_id(inst.record)),
         "identifier": inst.identifier,
         "state": inst.state.value,
         "status": inst.status,
         "origin": inst.origin,
         "ttlMs": None if inst.ttl is None else int(inst.ttl * 1000),
         "ttlRemainingMs": None if remaining is None else int(remaining * 1000),
-        "lastUsedTime": int((time.time() - idle_for) * 1000),
+        "lastUsedTime": int(manager.last_used_epoch(inst) * 1000),
         "contextLength": inst.config.context_length,
         "parallel": inst.config.parallel,
         "inFlight": inst.in_flight,
         "queued": max(0, inst.in_flight - inst.config.parallel),
         "memoryBytes": inst.memory_bytes,
         "loadTimeSeconds": round(inst.load_seconds, 3),
-        "pid": inst.worker.pid if inst.worker is not None else None,
+        "pid": inst.engine.pid if inst.engine is not None else None,
         "device": "GPU" if info is not None and info.n_gpu_layers else "CPU",
         "gpuLayers": info.n_gpu_layers if info is not None else 0,
     }
@@ -79,23 +79,22 @@ async def load(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     if optional(body, "estimate_only", bool):
         plan = await manager.plan(model, load_request)
-        return web.json_response(
-            {
-                "model": plan.record.key,
-                "context_length": plan.config.context_length,
-                "gpu_ratio": plan.config.gpu_ratio,
-                "estimate": {
-                    "weights_bytes": plan.estimate.weights_bytes,
-                    "kv_cache_bytes": plan.estimate.kv_cache_bytes,
-                    "overhead_bytes": plan.estimate.overhead_bytes,
-                    "total_bytes": plan.estimate.total_bytes,
-                },
-                "available_bytes": plan.available_bytes,
-                "allowed_bytes": int(min(plan.allowed_bytes, 2**62)),
-                "guardrail": manager.settings.guardrail,
-                "passes_guardrails": plan.fits or manager.settings.guardrail == "off",
-            }
-        )
+        estimate: api.EstimateReply = {
+            "model": plan.record.key,
+            "context_length": plan.config.context_length,
+            "gpu_ratio": plan.config.gpu_ratio,
+            "estimate": {
+                "weights_bytes": plan.estimate.weights_bytes,
+                "kv_cache_bytes": plan.estimate.kv_cache_bytes,
+                "overhead_bytes": plan.estimate.overhead_bytes,
+                "total_bytes": plan.estimate.total_bytes,
+            },
+            "available_bytes": plan.available_bytes,
+            "allowed_bytes": int(min(plan.allowed_bytes, 2**62)),
+            "guardrail": manager.settings.guardrail,
+            "passes_guardrails": plan.fits or manager.settings.guardrail == "off",
+        }
+        return web.json_response(estimate)
     before = {i.identifier: i for i in manager.instances()}
     inst = await manager.load(
         model,
@@ -104,31 +103,37 @@ async def load(request: web.Request) -> web.Response:
         ttl=None if ttl is None or ttl == float("inf") else ttl,
         force=bool(optional(body, "force", bool)),
     )
-    return web.json_response(
-        {
-            "type": "embedding" if inst.record.type == "embeddings" else "llm",
-            "instance_id": inst.identifier,
-            "load_time_seconds": round(inst.load_seconds, 3),
-            "status": "loaded",
-            "already_loaded": before.get(inst.identifier) is inst,
-            "instance": instance_json(manager, inst),
-        }
-    )
+    catalog = await request.app[MODELS].catalog()
+    reply: api.LoadReply = {
+        "type": "embedding" if inst.record.type == "embeddings" else "llm",
+        "instance_id": inst.identifier,
+        "load_time_seconds": round(inst.load_seconds, 3),
+        "status": "loaded",
+        "already_loaded": before.get(inst.identifier) is inst,
+        "instance": instance_json(manager, catalog, inst),
+    }
+    return web.json_response(reply)
 
 
 async def unload(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     manager = request.app[MANAGER]
     if optional(body, "all", bool):
-        return web.json_response({"unloaded": await manager.unload_all()})
+        unloaded: api.UnloadAllReply = {"unloaded": await manager.unload_all()}
+        return web.json_response(unloaded)
     identifier = required(body, "instance_id", str)
     await manager.unload(identifier)
-    return web.json_response({"instance_id": identifier})
+    reply: api.UnloadReply = {"instance_id": identifier}
+    return web.json_response(reply)
 
 
 async def instances(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
-    return web.json_response([instance_json(manager, i) for i in manager.instances()])
+    catalog = await request.app[MODELS].catalog()
+    listing: list[api.InstanceInfo] = [
+        instance_json(manager, catalog, i) for i in manager.instances()
+    ]
+    return web.json_response(listing)
 
 
 async def match(request: web.Request) -> web.Response:
@@ -139,25 +144,31 @@ async def match(request: web.Request) -> web.Response:
     usable = [r for r in catalog.records if r.error is None]
     if exact_path:
         found = [r for r in usable if r.path == query]
-        return web.json_response(
-            {"exact": _ls(catalog, found[0]) if found else None, "candidates": []}
-        )
+        reply: api.MatchReply = {
+            "exact": _ls(catalog, found[0]) if found else None,
+            "candidates": [],
+        }
+        return web.json_response(reply)
     try:
         record = catalog.resolve(query) if query else None
     except (ModelNotFound, AmbiguousModel):  # let the user pick among the candidates
         record = None
     if record is not None and record.error is None:
-        return web.json_response({"exact": _ls(catalog, record), "candidates": []})
+        reply = {"exact": _ls(catalog, record), "candidates": []}
+        return web.json_response(reply)
     candidates = [r for r in catalog.search(query) if r.error is None] if query else usable
-    return web.json_response({"exact": None, "candidates": [_ls(catalog, r) for r in candidates]})
+    reply = {"exact": None, "candidates": [_ls(catalog, r) for r in candidates]}
+    return web.json_response(reply)
 
 
-def _ls(catalog: Catalog, record: ModelRecord) -> dict[str, Any]:
+def _ls(catalog: Catalog, record: ModelRecord) -> ModelInfo:
     return to_ls_json(record, model_key=catalog.public_id(record))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post(api.LOAD_PATH, load)
-    app.router.add_post(api.UNLOAD_PATH, unload)
-    app.router.add_get(api.INSTANCES_PATH, instances)
-    app.router.add_get(api.MATCH_PATH, match)
+def routes() -> list[Route]:
+    return [
+        Route("POST", api.LOAD_PATH, load, MANAGE),
+        Route("POST", api.UNLOAD_PATH, unload, MANAGE),
+        Route("GET", api.INSTANCES_PATH, instances, MANAGE),
+        Route("GET", api.MATCH_PATH, match, MANAGE),
+    ]

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from daemon.errors import InvalidRequest
 from daemon.http.keys import EVENTS
+from daemon.http.routes import MANAGE, Route
 from lms.api import log as api
 
 
@@ -41,5 +42,5 @@ async def log_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(api.LOG_STREAM_PATH, log_stream)
+def routes() -> list[Route]:
+    return [Route("GET", api.LOG_STREAM_PATH, log_stream, MANAGE)]

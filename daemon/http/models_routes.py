@@ -3,15 +3,15 @@ listing and import behind `lms ls` and `lms import`."""
 
 import os
 from pathlib import Path
-from typing import Any, get_args
+from typing import cast, get_args
 
 from aiohttp import web
 
 from daemon.catalog import Catalog, ModelRecord, to_ls_json, to_v0_dict
 from daemon.errors import InvalidRequest
-from daemon.http.channel import require_unix_socket
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
+from daemon.http.routes import INFERENCE, LOCAL, MANAGE, Route
 from daemon.importer import ImportMode
 from lms.api import models as api
 
@@ -58,18 +58,20 @@ async def admin_list(request: web.Request) -> web.Response:
     store = request.app[MODELS]
     catalog = await store.catalog(max_age=0)
     loaded = request.app[MANAGER].loaded_paths()
-    models: list[dict[str, Any]] = []
+    models: list[api.ListedModel] = []
     for record in catalog.records:
-        item = to_ls_json(record, model_key=catalog.public_id(record))
-        item["loaded"] = len(loaded.get(record.path, []))
+        info = to_ls_json(record, model_key=catalog.public_id(record))
+        count = len(loaded.get(record.path, []))
+        # (mypy cannot build a TypedDict with an optional key from a ** of its base)
+        item = cast(api.ListedModel, {**info, "loaded": count})
         if record.error is not None:
             item["error"] = record.error
         models.append(item)
-    return web.json_response({"models": models, "models_dirs": [str(d) for d in store.dirs]})
+    listing: api.ModelsListing = {"models": models, "models_dirs": [str(d) for d in store.dirs]}
+    return web.json_response(listing)
 
 
 async def admin_import(request: web.Request) -> web.Response:
-    require_unix_socket(request)  # it moves files on this machine
     body = await read_json_object(request)
     path = body.get("path")
     if not isinstance(path, str) or not path:
@@ -98,10 +100,13 @@ async def admin_import(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(api.V0_MODELS_PATH, v0_list)
-    # Ids may hold "/" and "@": match the rest of the path.
-    app.router.add_get(api.V0_MODELS_PATH + "/{model:.+}", v0_get)
-    app.router.add_get(api.V1_MODELS_PATH, v1_list)
-    app.router.add_get(api.ADMIN_MODELS_PATH, admin_list)
-    app.router.add_post(api.ADMIN_IMPORT_PATH, admin_import)
+def routes() -> list[Route]:
+    return [
+        Route("GET", api.V0_MODELS_PATH, v0_list, INFERENCE),
+        # Ids may hold "/" and "@": match the rest of the path.
+        Route("GET", api.V0_MODELS_PATH + "/{model:.+}", v0_get, INFERENCE),
+        Route("GET", api.V1_MODELS_PATH, v1_list, INFERENCE),
+        Route("GET", api.ADMIN_MODELS_PATH, admin_list, MANAGE),
+        # It moves files on this machine.
+        Route("POST", api.ADMIN_IMPORT_PATH, admin_import, LOCAL),
+    ]

@@ -1,15 +1,15 @@
-"""Who may call what, applied to every request that comes over TCP (the owner-only Unix
-socket is trusted):
+"""Who may call what, applied by one middleware to every request that comes over TCP
+(the owner-only Unix socket is trusted):
 
 - DNS-rebinding protection: while bound to loopback, a request whose `Host` is not a
   loopback name is refused (403), as Ollama does;
-- API keys: when authentication is on, a valid key (`Authorization: Bearer …` or
-  `x-api-key`) is required (401); admin routes need an admin-scoped key (403);
+- the route's access level (routes.py): API keys (`Authorization: Bearer …` or
+  `x-api-key`) where keys are required (401 without one), admin-scoped keys for the
+  admin levels (403), and the Unix-socket-only routes refused (403);
 - CORS: only origins on the allow-list (`*` for any) get CORS headers; a preflight from
-  any other origin is refused.
+  any other origin is refused (app.py).
 """
 
-import ipaddress
 from collections.abc import Callable, Collection
 
 from aiohttp import web
@@ -19,20 +19,10 @@ from daemon.errors import Forbidden, LmsError, Unauthorized
 from daemon.http.channel import via_unix_socket
 from daemon.http.errors import Handler, response_for
 from daemon.http.keys import CONTROL
+from daemon.http.routes import Access, access_of
+from lms.units import is_loopback
 
-PUBLIC_PATHS = frozenset({"/lmstudio-greeting", "/health"})
-ADMIN_PREFIXES = ("/api/admin/", "/api/v1/models/load", "/api/v1/models/unload")
-READ_ONLY_ADMIN = frozenset({"/api/admin/status"})
 API_KEY = web.RequestKey("api_key", ApiKey)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(header: str) -> str:
@@ -48,29 +38,15 @@ def presented_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def is_admin_path(path: str) -> bool:
-    return path.startswith(ADMIN_PREFIXES) and path not in READ_ONLY_ADMIN
-
-
-def require_admin(request: web.Request) -> None:
-    """State-changing admin calls: the Unix socket, or an admin key over TCP."""
-    key = request.get(API_KEY)
-    if via_unix_socket(request) or (key is not None and key.scope == "admin"):
-        return
-    raise Forbidden(
-        f"{request.method} {request.path} needs the daemon's Unix socket (the `lms` CLI on "
-        "this machine) or an admin API key"
-    )
-
-
 @web.middleware
-async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if via_unix_socket(request):
         return await handler(request)
     control = request.app[CONTROL]
     try:
         _check_host(request, control.status()["http"]["bind"])
-        _authenticate(request, control.keys.check, control.auth_required())
+        if request.method != "OPTIONS":  # preflights carry no key (app.py answers them)
+            _check_access(request, control.keys.check, control.auth_required())
     except LmsError as exc:
         response = response_for(exc)
         if isinstance(exc, Unauthorized):
@@ -91,24 +67,36 @@ def _check_host(request: web.Request, bind: str) -> None:
         )
 
 
-def _authenticate(
+def _check_access(
     request: web.Request, check: Callable[[str], ApiKey | None], required: bool
 ) -> None:
+    access = access_of(request)
+    if access is Access.PUBLIC:
+        return
+    if access is Access.LOCAL:
+        raise Forbidden(
+            f"{request.method} {request.path} is only accepted over the daemon's Unix socket "
+            "(use the `lms` CLI on this machine)"
+        )
     secret = presented_key(request)
     key = check(secret) if secret else None
     if key is not None:
         request[API_KEY] = key
-    if not required or request.path in PUBLIC_PATHS or request.method == "OPTIONS":
-        return
-    if key is None:
+    if required and key is None:
         raise Unauthorized(
             "Missing API key: send `Authorization: Bearer <key>`"
             if secret is None
             else "Incorrect API key provided"
         )
-    if is_admin_path(request.path) and key.scope != "admin":
+    admin = key is not None and key.scope == "admin"
+    if required and key is not None and not admin and access in (Access.MANAGE, Access.ADMIN):
         raise Forbidden(
             f"{request.path} needs an admin-scoped API key; this key is {key.scope}-scoped"
+        )
+    if access is Access.ADMIN and not admin:
+        raise Forbidden(
+            f"{request.method} {request.path} needs the daemon's Unix socket (the `lms` CLI on "
+            "this machine) or an admin API key"
         )
 
 

@@ -7,17 +7,19 @@ import pytest
 from daemon.compat import requests as parse
 from daemon.compat import responses as render
 from daemon.compat.durations import parse_seconds, request_ttl
-from daemon.compat.tools import (
+from daemon.compat.tools import parse_tools, to_openai_call
+from daemon.engines.base import DoneEvent, StopReason, TokenEvent
+from daemon.errors import InvalidRequest
+from daemon.prediction.tools import (
     REQUEST_END,
     REQUEST_START,
-    ToolCall,
+    FailedCall,
+    Piece,
     ToolCallParser,
     call_constraint,
     fallback_messages,
-    parse_tools,
 )
-from daemon.engines.base import DoneEvent, StopReason, TokenEvent
-from daemon.errors import InvalidRequest
+from daemon.prediction.types import Message, PredictionDone, TextPart, ToolCall
 
 TOOL = {
     "type": "function",
@@ -93,10 +95,11 @@ def test_messages_accept_content_parts_and_map_developer_to_system() -> None:
             },
         ]
     )
-    assert messages == [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "ab"},
-    ]
+    assert messages == (
+        Message("system", (TextPart("be brief"),)),
+        Message("user", (TextPart("a"), TextPart("b"))),
+    )
+    assert messages[1].text == "ab"
     with pytest.raises(InvalidRequest, match="image_url"):
         parse.parse_messages([{"role": "user", "content": [{"type": "image_url"}]}])
 
@@ -133,7 +136,7 @@ def test_parser_streams_content_and_calls_with_markers_split_across_tokens() -> 
         f'Sure. {REQUEST_START}{{"name": "get_weather", "arguments": {{"city": "Paris"}}}}'
         f"{REQUEST_END}"
     )
-    pieces: list[str | ToolCall] = []
+    pieces: list[Piece] = []
     for i in range(0, len(text), 3):  # three characters at a time
         pieces += parser.feed(text[i : i + 3])
     pieces += parser.finish()
@@ -141,7 +144,7 @@ def test_parser_streams_content_and_calls_with_markers_split_across_tokens() -> 
     calls = [p for p in pieces if isinstance(p, ToolCall)]
     assert content == "Sure. "
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Paris"}')]
-    assert calls[0].to_openai()["type"] == "function"
+    assert to_openai_call(calls[0])["type"] == "function"
 
 
 def test_parser_hermes_format_and_unparseable_calls_stay_content() -> None:
@@ -150,9 +153,12 @@ def test_parser_hermes_format_and_unparseable_calls_stay_content() -> None:
     assert isinstance(pieces[0], ToolCall)
     broken = ToolCallParser(["get_weather"])
     text = f"{REQUEST_START}not json{REQUEST_END}"
-    assert "".join(str(p) for p in broken.feed(text) + broken.finish()) == text
+    failed = broken.feed(text) + broken.finish()
+    assert [type(p) for p in failed] == [FailedCall]
+    assert isinstance(failed[0], FailedCall) and failed[0].text == text
     unknown = ToolCallParser(["get_weather"])
-    assert unknown.feed(f'{REQUEST_START}{{"name": "rm", "arguments": {{}}}}{REQUEST_END}')
+    pieces = unknown.feed(f'{REQUEST_START}{{"name": "rm", "arguments": {{}}}}{REQUEST_END}')
+    assert isinstance(pieces[0], FailedCall) and "unknown tool 'rm'" in pieces[0].reason
     assert unknown.calls == []
 
 
@@ -203,8 +209,11 @@ def test_logprob_bytes_rebuild_a_character_split_across_tokens() -> None:
     assert b"".join(bytes(c["bytes"]) for c in content).decode() == "🌍"
 
 
-def test_finish_reasons_and_v0_stats() -> None:
-    done = DoneEvent(StopReason.MAX_TOKENS, 5, 3, 0.1, 0.2, 15.0)
+def test_finish_reasons_and_usage() -> None:
+    stats = DoneEvent(StopReason.MAX_TOKENS, 5, 3, 0.1, 0.2, 15.0)
+    done = PredictionDone(stats, "text", "", (), ())
     assert render.finish_reason(done) == "length"
-    assert render.finish_reason(done, tool_calls=True) == "tool_calls"
-    assert render.usage(done) == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert done.stop_reason == "maxPredictedTokensReached"
+    called = PredictionDone(stats, "", "", (ToolCall("c1", "f", "{}"),), ())
+    assert render.finish_reason(called) == "tool_calls" and called.stop_reason == "toolCalls"
+    assert render.usage(stats) == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}

@@ -20,7 +20,7 @@ from daemon.engines.base import (
     TokenEvent,
 )
 from daemon.engines.fake_impl import DELAY_ENV, FakeEngine
-from daemon.engines.runtime import auto_engine, engine_available, load_engine_class
+from daemon.engines.runtime import engine_available, load_engine_class
 from daemon.engines.streaming import RawToken, StopMatcher, shape_stream
 from daemon.errors import ContextOverflow, LoadFailed, UnknownEngine
 
@@ -184,8 +184,6 @@ def test_engines_are_found_by_name_lazily() -> None:
     assert engine_available("fake") and not engine_available("nope")
     with pytest.raises(UnknownEngine, match="nope"):
         load_engine_class("nope")
-    assert auto_engine("/m/x.gguf") == "llama_cpp"
-    assert auto_engine("/m/x.json") == "fake"
 
 
 # -- the shared shaper, fed raw tokens directly -------------------------------------

@@ -26,11 +26,18 @@ from daemon.engines.base import (
     StopReason,
     TokenEvent,
 )
-from daemon.engines.host import State, WorkerHandle
+from daemon.engines.client import State
+from daemon.engines.host import WorkerHandle
 from daemon.engines.protocol import encode_frame, read_frame
-from daemon.errors import ContextOverflow, LoadFailed, ModelUnloaded, WorkerCrashed
+from daemon.errors import (
+    ContextOverflow,
+    CrashedWhileLoading,
+    LoadFailed,
+    ModelUnloaded,
+    WorkerCrashed,
+)
 
-PROMPTLY = 3.0  # seconds; generous for a loaded 2-core machine
+NO_HANG = 60.0  # seconds: only so that a broken behaviour fails instead of hanging
 
 
 def workers_of_this_test() -> list[psutil.Process]:
@@ -115,7 +122,7 @@ async def test_load_and_stream(tmp_path: Path, started: list[WorkerHandle]) -> N
     assert handle.pid != os.getpid() and psutil.pid_exists(handle.pid)
     assert handle.state is State.READY
     assert (handle.info.runtime_name, handle.info.context_length) == ("fake", 512)
-    assert await handle.fetch_info() == handle.info
+    assert await handle.count_tokens("one two three") == 3  # a quick request
     chat = ChatRequest([{"role": "user", "content": "hello from the test"}])
     events = [e async for e in handle.generate(chat)]
     assert [e.text for e in events if isinstance(e, TokenEvent)] == [
@@ -157,9 +164,8 @@ async def test_quick_requests_are_answered_between_tokens(
     handle = await start(started, fake_model(tmp_path, token_delay=0.05, endless=True))
     stream = handle.generate(CompletionRequest("on and on"))
     await anext(stream)
-    began = time.monotonic()
-    assert await handle.count_tokens("a b") == 2
-    assert time.monotonic() - began < PROMPTLY
+    # The generation never ends: a quick request that waited for it would never be answered.
+    assert await asyncio.wait_for(handle.count_tokens("a b"), NO_HANG) == 2
     await anext(stream)  # the generation carries on
     await stream.aclose()
 
@@ -173,11 +179,9 @@ async def test_aclose_cancels_the_generation_at_once(
     stream = handle.generate(CompletionRequest("on and on"))
     for _ in range(3):
         await anext(stream)
-    began = time.monotonic()
-    await stream.aclose()
-    assert time.monotonic() - began < 0.5  # returns at once
+    await asyncio.wait_for(stream.aclose(), NO_HANG)  # does not wait for the generation
     next_one = CompletionRequest("next please", GenerationParams(max_tokens=2))
-    text, done = await asyncio.wait_for(collect(handle, next_one), PROMPTLY)
+    text, done = await asyncio.wait_for(collect(handle, next_one), NO_HANG)
     assert text == "next please " and done.stop_reason is StopReason.MAX_TOKENS
 
 
@@ -197,12 +201,14 @@ async def test_kill_9_mid_stream(tmp_path: Path, started: list[WorkerHandle], ex
     stream = handle.generate(CompletionRequest("on and on"))
     await anext(stream)
     waiting = asyncio.ensure_future(handle.count_tokens("x"))  # a one-shot in flight too
-    began = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(WorkerCrashed) as caught:
+
+    async def to_the_end() -> None:  # the stream is endless: only the crash can end it
         while True:
             await anext(stream)
-    assert time.monotonic() - began < PROMPTLY
+
+    with pytest.raises(WorkerCrashed) as caught:
+        await asyncio.wait_for(to_the_end(), NO_HANG)
     assert str(caught.value) == f"the model worker (pid {pid}) died: killed by signal SIGKILL"
     with pytest.raises(WorkerCrashed):
         await waiting  # not even sent when the kill landed
@@ -229,18 +235,17 @@ async def test_an_abort_in_the_engine_is_reported(
 
 
 async def test_close_is_idempotent_and_leaves_no_process(
-    tmp_path: Path, started: list[WorkerHandle], exits: Exits
+    tmp_path: Path, started: list[WorkerHandle], exits: Exits, caplog: pytest.LogCaptureFixture
 ) -> None:
     handle = await start(started, fake_model(tmp_path, token_delay=0.05, endless=True), exits)
     pid = handle.pid
     stream = handle.generate(CompletionRequest("on and on"))
     await anext(stream)
-    began = time.monotonic()
     await asyncio.gather(handle.close(), handle.close())
-    assert time.monotonic() - began < PROMPTLY  # asked nicely, and it went
+    assert "terminating it" not in caplog.text, "asked nicely, and it went"
     await handle.close()
     assert reaped(pid) and handle.state is State.EXITED
-    assert handle.rss_bytes() == 0
+    assert handle.memory_bytes() == 0
     with pytest.raises(ModelUnloaded):
         while True:
             await anext(stream)
@@ -253,10 +258,8 @@ async def test_a_stuck_worker_is_killed_on_close(
     tmp_path: Path, started: list[WorkerHandle]
 ) -> None:
     handle = await start(started, fake_model(tmp_path))
-    os.kill(handle.pid, signal.SIGSTOP)  # deaf to the shutdown message
-    began = time.monotonic()
-    await handle.close(timeout=0.3, term_grace=0.3)
-    assert time.monotonic() - began < PROMPTLY
+    os.kill(handle.pid, signal.SIGSTOP)  # deaf to the shutdown message, and to SIGTERM
+    await asyncio.wait_for(handle.close(timeout=0.3, term_grace=0.3), NO_HANG)
     assert reaped(handle.pid)
 
 
@@ -270,10 +273,10 @@ async def test_the_worker_ignores_sigint(tmp_path: Path, started: list[WorkerHan
 async def test_rss_is_the_worker_s_memory(tmp_path: Path, started: list[WorkerHandle]) -> None:
     small = await start(started, fake_model(tmp_path, name="small.json"))
     big = await start(started, fake_model(tmp_path, name="big.json", memory_mb=96))
-    assert big.rss_bytes() - small.rss_bytes() > 80 * 1024 * 1024
+    assert big.memory_bytes() - small.memory_bytes() > 80 * 1024 * 1024
     pid = big.pid
     await big.close()
-    assert big.rss_bytes() == 0 and reaped(pid)
+    assert big.memory_bytes() == 0 and reaped(pid)
 
 
 @pytest.mark.parametrize(
@@ -309,8 +312,8 @@ async def test_a_worker_killed_while_loading_is_a_load_failure(tmp_path: Path) -
     await asyncio.sleep(0.3)
     (worker,) = workers_of_this_test()
     worker.kill()
-    with pytest.raises(LoadFailed, match=r"died while loading .*SIGKILL"):
-        await asyncio.wait_for(loading, PROMPTLY)
+    with pytest.raises(CrashedWhileLoading, match=r"died while loading .*SIGKILL"):
+        await asyncio.wait_for(loading, NO_HANG)  # a LoadFailed that HTTP answers with 502
     assert reaped(worker.pid)
 
 
@@ -354,7 +357,7 @@ def test_the_worker_exits_when_its_socket_closes(tmp_path: Path) -> None:
         reply = read_frame(ours)
         assert reply is not None and reply["type"] == "result"
         ours.close()  # the daemon "dies"
-        assert proc.wait(timeout=PROMPTLY) == 0
+        assert proc.wait(timeout=NO_HANG) == 0
     finally:
         ours.close()
         if proc.poll() is None:
@@ -372,7 +375,7 @@ def test_the_worker_exits_on_a_garbage_frame(garbage: bytes) -> None:
     theirs.close()
     try:
         ours.sendall(garbage)
-        assert proc.wait(timeout=PROMPTLY) == 0
+        assert proc.wait(timeout=NO_HANG) == 0
     finally:
         ours.close()
         if proc.poll() is None:
@@ -400,15 +403,16 @@ def test_the_worker_dies_with_its_parent_even_with_the_socket_open() -> None:
     try:
         assert parent.stdout is not None
         worker_pid = int(parent.stdout.readline())
-        ours.sendall(encode_frame({"type": "info", "id": 1}))  # it is up and serving
+        # It is up and serving: a quick request with no model loaded is answered.
+        ours.sendall(encode_frame({"type": "count_tokens", "id": 1, "text": "x"}))
         assert read_frame(ours) == {
             "type": "error",
             "id": 1,
-            "error": {"kind": "engine_error", "message": "no model is loaded yet"},
+            "error": {"kind": "engine_error", "message": "no model is loaded"},
         }
         parent.kill()
         parent.wait()
-        deadline = time.monotonic() + PROMPTLY
+        deadline = time.monotonic() + NO_HANG
         while time.monotonic() < deadline:
             try:
                 if psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE:
@@ -423,6 +427,8 @@ def test_the_worker_dies_with_its_parent_even_with_the_socket_open() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
         if worker_pid:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(worker_pid).kill()

@@ -2,6 +2,7 @@
 `LoadSpec.parallel` slots): side by side streams, arrival order, queueing, cancellation."""
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,16 +56,26 @@ async def collect(handle: WorkerHandle, request: CompletionRequest) -> tuple[str
     raise AssertionError("no DoneEvent")
 
 
-async def test_slots_run_side_by_side_and_a_step_takes_one_delay(
-    tmp_path: Path, started: list[WorkerHandle]
-) -> None:
+async def test_slots_run_side_by_side(tmp_path: Path, started: list[WorkerHandle]) -> None:
     handle = await start(started, tmp_path, parallel=3)
-    began = time.monotonic()
-    results = await asyncio.gather(*(collect(handle, words(w, 20)) for w in ("a", "b", "c")))
-    elapsed = time.monotonic() - began
-    for word, (text, done, _) in zip("abc", results, strict=True):
+    seen: list[tuple[str, str]] = []  # (word, "token" or "done") in arrival order
+
+    async def record(word: str) -> tuple[str, DoneEvent]:
+        text = ""
+        async for event in handle.generate(words(word, 20)):
+            if isinstance(event, DoneEvent):
+                seen.append((word, "done"))
+                return text, event
+            seen.append((word, "token"))
+            text += event.text
+        raise AssertionError("no DoneEvent")
+
+    results = await asyncio.gather(*(record(w) for w in ("a", "b", "c")))
+    for word, (text, done) in zip("abc", results, strict=True):
         assert text.split() == [word] * 20 and done.completion_tokens == 20
-    assert elapsed < 3 * 21 * DELAY  # not one after another
+    # Not one after another: every stream had tokens before any of them was done.
+    first_done = seen.index(next(item for item in seen if item[1] == "done"))
+    assert {word for word, _ in seen[:first_done]} == {"a", "b", "c"}
 
 
 async def test_requests_beyond_the_slots_wait_in_arrival_order(
@@ -72,16 +83,22 @@ async def test_requests_beyond_the_slots_wait_in_arrival_order(
 ) -> None:
     handle = await start(started, tmp_path, parallel=2)
     tasks = []
+    sent = time.perf_counter()
     for word in ("a", "b", "c", "d"):
         tasks.append(asyncio.create_task(collect(handle, words(word, 10))))
         await asyncio.sleep(0.005)  # a definite arrival order
+    # Answered once the worker has read every request before it (in order): c and d have
+    # arrived by now.
+    await handle.count_tokens("x")
+    arrived_by = time.perf_counter()
     results = await asyncio.gather(*tasks)
     firsts = [first for _, _, first in results]
     assert firsts[0] <= firsts[1] < firsts[2] <= firsts[3]
-    # c and d started only when a and b were done; their time to first token (counted from
-    # their arrival at the worker) shows the wait.
+    # c and d started only when a or b was done, which took 9 token delays (slept by the
+    # fake engine) after they were sent; their time to first token counts from their
+    # arrival at the worker, so it shows that wait.
     for _, done, _ in results[2:]:
-        assert done.time_to_first_token >= 9 * DELAY
+        assert done.time_to_first_token >= 9 * DELAY - (arrived_by - sent)
 
 
 async def test_quick_requests_are_answered_while_every_slot_is_busy(
@@ -91,10 +108,22 @@ async def test_quick_requests_are_answered_while_every_slot_is_busy(
     streams = [handle.generate(words(w, 500)) for w in ("a", "b", "c")]
     for stream in streams[:2]:
         await anext(stream)
-    began = time.monotonic()
+    # A witness reads stream a meanwhile: its tokens are the clock. Had the quick requests
+    # waited for a free slot, a would have run to its end (500 tokens) first.
+    tokens = 0
+
+    async def witness() -> None:
+        nonlocal tokens
+        async for event in streams[0]:
+            tokens += isinstance(event, TokenEvent)
+
+    watching = asyncio.create_task(witness())
     assert await handle.count_tokens("one two") == 2
-    assert (await handle.fetch_info()).runtime_name == "fake"
-    assert time.monotonic() - began < 0.5
+    assert "<|user|>" in await handle.render_chat([{"role": "user", "content": "x"}])
+    assert tokens < 250, f"answered only after {tokens} tokens of a busy slot"
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
     for stream in streams:
         await stream.aclose()
 

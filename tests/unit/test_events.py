@@ -14,14 +14,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from daemon.core import Core
 from daemon.events import (
     EventBus,
     EventLogHandler,
     Subscription,
     done_stats,
-    input_text,
     level_name,
-    messages_text,
     prediction_input,
     prediction_output,
     prediction_stats,
@@ -29,8 +28,6 @@ from daemon.events import (
     source_of,
 )
 from daemon.http.app import create_app
-from daemon.manager import ModelManager
-from daemon.model_store import ModelStore
 from lms.api.log import LOG_STREAM_PATH
 from tests.unit.test_http_admin import FakeControl
 
@@ -102,10 +99,8 @@ async def test_a_slow_reader_loses_its_oldest_events_and_counts_them() -> None:
 async def test_publishing_never_blocks_and_memory_stays_bounded() -> None:
     bus = EventBus(buffer=10)
     async with bus.subscribe() as never_read:
-        started = time.monotonic()
-        for _ in range(100_000):
+        for _ in range(100_000):  # nothing reads meanwhile: a publish that waited would hang
             bus.publish(LOG)
-        assert time.monotonic() - started < 5
         assert never_read.dropped == 100_000 - 10
         assert len(await asyncio.wait_for(_take(never_read, 10), 2)) == 10
 
@@ -292,7 +287,7 @@ def test_model_event_shapes() -> None:
 
 
 def test_stats_and_input_from_engine_objects() -> None:
-    from daemon.engines.base import ChatRequest, CompletionRequest, DoneEvent, StopReason
+    from daemon.engines.base import DoneEvent, StopReason
 
     done = DoneEvent(StopReason.EOS, 7, 3, 0.2, 0.5, 6.0)
     assert done_stats(done) == prediction_stats(
@@ -302,16 +297,6 @@ def test_stats_and_input_from_engine_objects() -> None:
         prompt_tokens=7,
         predicted_tokens=3,
     )
-    assert input_text(ChatRequest([{"role": "user", "content": "hi"}])) == "user: hi"
-    assert input_text(CompletionRequest("Once upon")) == "Once upon"
-
-
-def test_messages_text() -> None:
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Look: "}, {"type": "image_url"}]},
-    ]
-    assert messages_text(messages) == "system: Be brief.\n\nuser: Look: [image_url]"
 
 
 # -- the route, in-process ---------------------------------------------------------------------
@@ -320,11 +305,9 @@ def test_messages_text() -> None:
 @pytest.fixture
 async def served(aiohttp_client: Any, tmp_path: Path) -> tuple[TestClient[Any, Any], EventBus]:
     control = FakeControl(tmp_path)
-    store = ModelStore([tmp_path / "models"], tmp_path / "cache.json")
-    manager = ModelManager(store, control.settings)
-    bus = EventBus()
-    app: web.Application = create_app(control, manager, bus)
-    return await aiohttp_client(app), bus
+    core = Core(control.settings, data_dir=tmp_path, state_dir=tmp_path)
+    app: web.Application = create_app(control, core)
+    return await aiohttp_client(app), core.events
 
 
 async def test_the_route_streams_ndjson_until_the_bus_closes(
@@ -361,7 +344,7 @@ async def test_a_client_that_leaves_unsubscribes(
     await asyncio.wait_for(response.content.readline(), 2)
     assert bus.subscriber_count == 1
     response.close()
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 30  # only against a hang: it goes as soon as it notices
     while bus.subscriber_count and time.monotonic() < deadline:
         bus.publish(LOG)  # a write to a closed connection also ends the handler
         await asyncio.sleep(0.02)

@@ -9,9 +9,8 @@ from aiohttp.test_utils import TestClient
 
 from daemon.auth import KeyStore
 from daemon.config import Settings
+from daemon.core import Core
 from daemon.http.app import create_app
-from daemon.manager import ModelManager
-from daemon.model_store import ModelStore
 from lms.api.admin import DaemonStatus
 
 
@@ -67,9 +66,8 @@ def control(tmp_path: Path) -> FakeControl:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, control: FakeControl, tmp_path: Path) -> TestClient[Any, Any]:
-    store = ModelStore([tmp_path / "models"], tmp_path / "cache.json")
-    manager = ModelManager(store, control.settings)
-    app: web.Application = create_app(control, manager)
+    core = Core(control.settings, data_dir=tmp_path, state_dir=tmp_path)
+    app: web.Application = create_app(control, core)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
 

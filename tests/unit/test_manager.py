@@ -14,7 +14,7 @@ from daemon.config import Settings
 from daemon.engines.base import ChatRequest, GenerationParams, LoadSpec
 from daemon.engines.host import WorkerHandle
 from daemon.errors import InsufficientMemory, InvalidRequest, ModelNotLoaded, WorkerCrashed
-from daemon.instance import LoadRequest, State
+from daemon.instance import Instance, LoadRequest, State
 from daemon.manager import ModelManager
 
 
@@ -96,6 +96,9 @@ class Harness:
     def names(self) -> set[str]:
         return {i.identifier for i in self.manager.instances()}
 
+    def instance(self, identifier: str) -> Instance:
+        return next(i for i in self.manager.instances() if i.identifier == identifier)
+
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
@@ -124,6 +127,21 @@ async def test_ttl_starts_only_when_idle_and_restarts_with_each_request(h: Harne
     assert inst.state is State.UNLOADED
 
 
+async def test_ps_counts_the_ttl_down_from_the_last_request(h: Harness) -> None:
+    # What `lms ps` shows (ttlRemainingMs), on the same clock as the unloading above.
+    inst = await h.manager.load("alpha", ttl=10)
+    assert h.manager.ttl_remaining(inst) == 10
+    await h.tick(4)
+    assert h.manager.ttl_remaining(inst) == 6
+    async with h.manager.lease("alpha"):
+        await h.tick(30)
+        assert h.manager.ttl_remaining(inst) == 10, "stopped while busy"
+    assert h.manager.ttl_remaining(inst) == 10, "restarted by the request"
+    await h.tick(7)
+    assert h.manager.ttl_remaining(inst) == 3
+    assert "alpha" in h.names()
+
+
 async def test_manual_load_without_ttl_stays(h: Harness) -> None:
     await h.manager.load("alpha")
     await h.tick(10**6)
@@ -144,12 +162,14 @@ async def test_concurrent_first_requests_share_one_load(h: Harness) -> None:
 
 async def test_jit_auto_evict_spares_manual_and_drains_busy(h: Harness) -> None:
     await h.manager.load("beta")  # manual
-    async with h.manager.lease("alpha") as alpha:
+    async with h.manager.lease("alpha") as lease:
+        alpha = h.instance("alpha")
         assert alpha.origin == "jit"
-        async with h.manager.lease("slow") as slow:
+        async with h.manager.lease("slow"):
             assert alpha.state is State.DRAINING, "busy: draining, not cut off"
-            assert alpha.worker is not None and alpha.worker.alive
-            assert slow.origin == "jit"
+            assert alpha.engine is lease.engine and isinstance(lease.engine, WorkerHandle)
+            assert lease.engine.alive
+            assert h.instance("slow").origin == "jit"
         await asyncio.sleep(0)
     await asyncio.wait_for(alpha.gone.wait(), 5)
     assert h.names() == {"beta", "slow"}
@@ -198,12 +218,13 @@ async def test_jit_off_refuses_unloaded_models(tmp_path: Path) -> None:
 async def test_worker_crash_fails_the_request_and_forgets_the_instance(h: Harness) -> None:
     request = ChatRequest([{"role": "user", "content": "go"}], params=GenerationParams())
     with pytest.raises(WorkerCrashed):
-        async with h.manager.lease("crashy") as inst:
-            assert inst.worker is not None
-            async for _ in inst.worker.generate(request):
+        async with h.manager.lease("crashy") as lease:
+            inst = h.instance("crashy")
+            async for _ in lease.engine.generate(request):
                 pass
     await asyncio.sleep(0.05)
     assert h.names() == set()
-    async with h.manager.lease("crashy") as again:
+    async with h.manager.lease("crashy"):
+        again = h.instance("crashy")
         assert again is not inst and again.state is State.LOADED
     assert h.starts == 2

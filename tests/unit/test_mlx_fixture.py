@@ -68,11 +68,6 @@ def test_missing_mlx_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> Non
         runtime.load_engine_class("mlx")
 
 
-def test_auto_engine_picks_mlx_for_a_model_directory(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
-    assert runtime.auto_engine(tmp_path) == "mlx"
-
-
 @needs_mlx
 def test_structured_grammar_shapes() -> None:
     from daemon.engines.mlx_structured import structured_lark

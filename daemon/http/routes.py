@@ -1,0 +1,64 @@
+"""The route table: every route with who may call it. Route modules list their routes
+(`routes() -> list[Route]`); `create_app` registers them and `access_middleware`
+(security.py) enforces each one's level. docs/security.md states the same table (a test
+compares the two).
+
+Levels, over TCP (the owner-only Unix socket may call everything):
+
+- PUBLIC     anyone who reaches the port, never a key (LM Studio's greeting, health)
+- INFERENCE  a key of any scope when keys are required (`require_api_key`, or keys
+             exist and the server listens beyond loopback); open otherwise
+- MANAGE     an admin key when keys are required; open otherwise (LM Studio's own
+             load/unload API, and the listings `lms` reads)
+- ADMIN      an admin key, always (daemon control: shutdown, listener, settings)
+- LOCAL      never: the Unix socket only (API keys, importing files on this machine)
+"""
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+
+class Access(enum.Enum):
+    PUBLIC = "public"
+    INFERENCE = "inference"
+    MANAGE = "manage"
+    ADMIN = "admin"
+    LOCAL = "local"
+
+
+PUBLIC = Access.PUBLIC
+INFERENCE = Access.INFERENCE
+MANAGE = Access.MANAGE
+ADMIN = Access.ADMIN
+LOCAL = Access.LOCAL
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    access: Access
+
+
+ACCESS = web.AppKey("access", dict)  # aiohttp route -> Access, filled by `register`
+
+
+def register(app: web.Application, table: list[Route]) -> None:
+    access: dict[web.AbstractRoute, Access] = {}
+    for route in table:
+        added = app.router.add_route(route.method, route.path, route.handler)
+        access[added] = route.access
+    app[ACCESS] = access
+
+
+def access_of(request: web.Request) -> Access:
+    """The level of the route a request matched; an unknown route counts as INFERENCE,
+    so that where keys are required it answers 401 before it could answer 404."""
+    route = request.match_info.route
+    return request.app[ACCESS].get(route, Access.INFERENCE)  # type: ignore[no-any-return]
