@@ -24,7 +24,10 @@ class DaemonFolders:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
+        # The test's own HOME and XDG folders (tests/conftest.py) pass through, and so does
+        # its service staging root, so a CLI run touches no real service manager.
+        keep = ("LMS_SERVICE_ROOT",)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_") or k in keep}
         env["LMS_HOME"] = str(self.root)
         env.update(self.extra_env)
         return env

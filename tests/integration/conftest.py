@@ -65,6 +65,10 @@ def _smollm2_and_minilm(models: Path, root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[RunningDaemon]:
-    env = {"LMS_DEFAULT_CONTEXT_LENGTH": "1024", "LMS_MAX_BODY_BYTES": str(256 * 1024)}
+    env = {
+        "LMS_DEFAULT_CONTEXT_LENGTH": "1024",
+        "LMS_MAX_BODY_BYTES": str(256 * 1024),
+        "LMS_METRICS": "1",  # GET /metrics: tests count the tokens a prediction generated
+    }
     with running_daemon("lms-m-", _smollm2_and_minilm, env) as running:
         yield running

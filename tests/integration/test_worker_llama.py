@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -188,24 +187,44 @@ async def test_token_counts_and_context_overflow() -> None:
         assert (caught.value.prompt_tokens, caught.value.context_length) == (count, 512)
 
 
-async def test_cancel_stops_the_generation(llama: WorkerHandle) -> None:
-    stream = llama.generate(CompletionRequest("Count: 1, 2, 3,", GenerationParams(max_tokens=2000)))
-    for _ in range(3):
-        await anext(stream)
-    await stream.aclose()
-    began = time.monotonic()
-    _, _, done = await run(llama, CompletionRequest("Hi", GenerationParams(max_tokens=2)))
-    assert done.completion_tokens == 2
-    assert time.monotonic() - began < 5  # not queued behind 2000 tokens
+async def test_cancel_stops_the_generation() -> None:
+    # Two slots and a witness stream, whose tokens are the clock: left running, the
+    # cancelled generation would hold its slot for ~2000 more tokens, and the short request
+    # would wait for a slot until one of the two long ones ended.
+    endless = GenerationParams(max_tokens=2000, temperature=0, logit_bias={2: -100})
+    async with worker(parallel=2, context_length=2400) as handle:
+        cancelled = handle.generate(CompletionRequest("Count: 1, 2, 3,", endless))
+        for _ in range(3):
+            await anext(cancelled)
+        await cancelled.aclose()
+        witness = handle.generate(CompletionRequest("Once upon a time", endless))
+        assert isinstance(await anext(witness), TokenEvent)  # it has a slot
+        seen = 1
+
+        async def watch() -> None:
+            nonlocal seen
+            async for event in witness:
+                seen += isinstance(event, TokenEvent)
+
+        watching = asyncio.create_task(watch())
+        try:
+            _, _, done = await run(handle, CompletionRequest("Hi", GenerationParams(max_tokens=2)))
+            assert done.completion_tokens == 2
+            assert seen < 1000, f"served only after {seen} witness tokens"
+        finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            await witness.aclose()
 
 
 async def test_memory_is_measured_and_given_back() -> None:
     async with worker() as handle:
         await run(handle, CompletionRequest("Hello", GenerationParams(max_tokens=2)))
-        rss = handle.rss_bytes()
+        rss = handle.memory_bytes()
         assert rss > 50 * 1024 * 1024  # weights, KV cache and Python
         pid = handle.pid
-    assert handle.rss_bytes() == 0
+    assert handle.memory_bytes() == 0
     assert not psutil.pid_exists(pid)  # gone and reaped: every byte is back
 
 

@@ -1,5 +1,7 @@
+import os
 from pathlib import Path
 
+from lms import service
 from lms.paths import resolve_paths
 
 
@@ -22,3 +24,19 @@ def test_defaults_are_per_user_platform_folders() -> None:
     paths = resolve_paths({})
     assert "lmsd" in str(paths.config_dir)
     assert "lmsd" in str(paths.runtime_dir)
+
+
+def test_tests_run_isolated_from_the_real_install(isolated_env: Path) -> None:
+    # tests/conftest.py: every folder a test could write to lies in its own temp dir.
+    paths = resolve_paths()
+    for folder in (paths.config_dir, paths.state_dir, paths.log_dir, paths.data_dir):
+        assert folder.is_relative_to(isolated_env)
+    assert paths.socket.is_relative_to(isolated_env)
+    assert Path.home().is_relative_to(isolated_env)
+    assert len(os.fsencode(paths.socket)) < 100, "short enough for a Unix socket"
+    planned = service.plan(system=False)
+    assert planned.staged and planned.target.is_relative_to(isolated_env)
+    assert {name for name in os.environ if name.startswith("LMS_")} == {
+        "LMS_HOME",
+        "LMS_SERVICE_ROOT",
+    }
