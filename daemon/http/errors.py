@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.compat.errors import ErrorInfo, ErrorShape, openai_error
 from daemon.errors import (
     ConfigError,
     CrashedWhileLoading,
@@ -25,7 +26,7 @@ from daemon.errors import (
     Unauthorized,
     WorkerCrashed,
 )
-from lms.api.errors import error_envelope
+from daemon.http.routes import error_shape_of
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
-    status: int, message: str, *, type: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    *,
+    type: str,
+    param: str | None = None,
+    code: str | None = None,
+    shape: ErrorShape = openai_error,
 ) -> web.Response:
-    body = error_envelope(message, type=type, param=param, code=code)
-    return web.json_response(body, status=status)
+    info = ErrorInfo(status, type, message, param, code)
+    return web.json_response(shape(info), status=status)
 
 
 def classify(exc: LmsError) -> tuple[int, str, str | None]:
@@ -65,32 +72,42 @@ def classify(exc: LmsError) -> tuple[int, str, str | None]:
     return status, kind, getattr(exc, "code", None) or code
 
 
-def response_for(exc: LmsError) -> web.Response:
+def error_info(exc: LmsError) -> ErrorInfo:
     status, kind, code = classify(exc)
-    response = error_response(
-        status, str(exc), type=kind, param=getattr(exc, "param", None), code=code
-    )
+    return ErrorInfo(status, kind, str(exc), getattr(exc, "param", None), code)
+
+
+def response_for(exc: LmsError, shape: ErrorShape = openai_error) -> web.Response:
+    info = error_info(exc)
+    response = web.json_response(shape(info), status=info.status)
     if isinstance(exc, ServerBusy):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 
-def _http_exception_response(request: web.Request, exc: web.HTTPException) -> web.Response:
+def _http_exception_response(
+    request: web.Request, exc: web.HTTPException, shape: ErrorShape
+) -> web.Response:
     if exc.status == 404:
         message = f"Unknown route: {request.method} {request.path}"
-        return error_response(404, message, type="invalid_request_error", code="unknown_route")
+        return error_response(
+            404, message, type="invalid_request_error", code="unknown_route", shape=shape
+        )
     if exc.status == 405:
         message = f"Method {request.method} is not allowed on {request.path}"
-        return error_response(405, message, type="invalid_request_error", code="method_not_allowed")
+        return error_response(
+            405, message, type="invalid_request_error", code="method_not_allowed", shape=shape
+        )
     if exc.status == 413:
         return error_response(
             413,
             exc.text or "Request body too large",
             type="invalid_request_error",
             code="payload_too_large",
+            shape=shape,
         )
     kind = "invalid_request_error" if exc.status < 500 else "server_error"
-    return error_response(exc.status, exc.reason, type=kind)
+    return error_response(exc.status, exc.reason, type=kind, shape=shape)
 
 
 @web.middleware
@@ -98,14 +115,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except LmsError as exc:
-        return response_for(exc)
+        return response_for(exc, error_shape_of(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _http_exception_response(request, exc)
+        return _http_exception_response(request, exc, error_shape_of(request))
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
-        return error_response(500, "Internal server error", type="server_error")
+        return error_response(
+            500, "Internal server error", type="server_error", shape=error_shape_of(request)
+        )
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from daemon.compat.errors import ErrorShape, openai_error
+
 
 class Access(enum.Enum):
     PUBLIC = "public"
@@ -44,17 +46,22 @@ class Route:
     path: str
     handler: Handler
     access: Access
+    errors: ErrorShape = openai_error  # the shape of this surface's error bodies
 
 
 ACCESS = web.AppKey("access", dict)  # aiohttp route -> Access, filled by `register`
+ERROR_SHAPES = web.AppKey("error_shapes", dict)  # aiohttp route -> ErrorShape
 
 
 def register(app: web.Application, table: list[Route]) -> None:
     access: dict[web.AbstractRoute, Access] = {}
+    shapes: dict[web.AbstractRoute, ErrorShape] = {}
     for route in table:
         added = app.router.add_route(route.method, route.path, route.handler)
         access[added] = route.access
+        shapes[added] = route.errors
     app[ACCESS] = access
+    app[ERROR_SHAPES] = shapes
 
 
 def access_of(request: web.Request) -> Access:
@@ -62,3 +69,9 @@ def access_of(request: web.Request) -> Access:
     so that where keys are required it answers 401 before it could answer 404."""
     route = request.match_info.route
     return request.app[ACCESS].get(route, Access.INFERENCE)  # type: ignore[no-any-return]
+
+
+def error_shape_of(request: web.Request) -> ErrorShape:
+    """The error shape of the route a request matched (OpenAI's for unknown routes)."""
+    shapes = request.app.get(ERROR_SHAPES, {})
+    return shapes.get(request.match_info.route, openai_error)  # type: ignore[no-any-return]

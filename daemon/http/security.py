@@ -19,7 +19,7 @@ from daemon.errors import Forbidden, LmsError, Unauthorized
 from daemon.http.channel import via_unix_socket
 from daemon.http.errors import Handler, response_for
 from daemon.http.keys import CONTROL
-from daemon.http.routes import Access, access_of
+from daemon.http.routes import Access, access_of, error_shape_of
 from lms.units import is_loopback
 
 API_KEY = web.RequestKey("api_key", ApiKey)
@@ -48,7 +48,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         if request.method != "OPTIONS":  # preflights carry no key (app.py answers them)
             _check_access(request, control.keys.check, control.auth_required())
     except LmsError as exc:
-        response = response_for(exc)
+        response = response_for(exc, error_shape_of(request))
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="lmsd"'
         return response

@@ -5,9 +5,9 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.compat.errors import ErrorInfo, ErrorShape, openai_error
 from daemon.errors import LmsError
-from daemon.http.errors import classify
-from lms.api.errors import error_envelope
+from daemon.http.errors import error_info
 
 
 async def open_stream(request: web.Request) -> web.StreamResponse:
@@ -30,11 +30,12 @@ async def send_done(response: web.StreamResponse) -> None:
     await response.write(b"data: [DONE]\n\n")
 
 
-async def send_error(response: web.StreamResponse, exc: Exception) -> None:
+async def send_error(
+    response: web.StreamResponse, exc: Exception, shape: ErrorShape = openai_error
+) -> None:
     """An error after the stream began: one error event (OpenAI's clients raise it)."""
     if isinstance(exc, LmsError):
-        _, kind, code = classify(exc)
-        body = error_envelope(str(exc), type=kind, param=getattr(exc, "param", None), code=code)
+        info = error_info(exc)
     else:
-        body = error_envelope("Internal server error", type="server_error")
-    await send(response, dict(body))
+        info = ErrorInfo(500, "server_error", "Internal server error")
+    await send(response, shape(info))

@@ -6,7 +6,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from daemon.compat.errors import ErrorInfo
 from daemon.http.errors import error_middleware, read_json_object
+from daemon.http.routes import INFERENCE, Route, register
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -42,3 +44,28 @@ async def test_oversized_body_is_413(client: TestClient[Any, Any]) -> None:
 async def test_good_body_round_trips(client: TestClient[Any, Any]) -> None:
     response = await client.post("/echo", json={"a": 1})
     assert (response.status, await response.json()) == (200, {"a": 1})
+
+
+def plain_shape(error: ErrorInfo) -> dict[str, Any]:
+    return {"kind": "error", "status": error.status, "text": error.message}
+
+
+async def test_a_route_writes_errors_in_its_surface_s_shape(aiohttp_client: Any) -> None:
+    app = web.Application(client_max_size=1024, middlewares=[error_middleware])
+    register(
+        app,
+        [
+            Route("POST", "/plain", echo, INFERENCE, errors=plain_shape),
+            Route("POST", "/openai", echo, INFERENCE),
+        ],
+    )
+    client = await aiohttp_client(app)
+    response = await client.post("/plain", data=b"{not json")
+    assert response.status == 400
+    assert (await response.json())["kind"] == "error"
+    response = await client.post("/plain", data=b'{"a": "' + b"x" * 4096 + b'"}')
+    assert (response.status, (await response.json())["status"]) == (413, 413)
+    response = await client.post("/openai", data=b"{not json")
+    assert (await response.json())["error"]["type"] == "invalid_request_error"
+    response = await client.get("/nope")  # unknown routes answer in OpenAI's shape
+    assert (await response.json())["error"]["code"] == "unknown_route"
