@@ -27,7 +27,7 @@ def test_the_daemon_serves_every_model_with_the_fake_engine(
         [instance] = lms.json("ps")
         assert instance["identifier"] == "echo" and instance["pid"] is None
         loaded = lms("load", "thinker", "-y", check=True)
-        assert "use the identifier \"thinker\"" in loaded.stderr
+        assert 'use the identifier "thinker"' in loaded.stderr
         status, body = post_json(
             f"{url}/api/v0/chat/completions",
             {"model": "thinker", "messages": [{"role": "user", "content": "2+2?"}]},
