@@ -1,5 +1,6 @@
 """The daemon's inference side, built in one place and in the order its parts depend on
-each other: events → model store → manager → metrics → prediction service; started
+each other: events → model store → manager → metrics → prediction service (and the
+stored conversations of the stateful APIs); started
 (TTL reaper, then restoring what was loaded) and closed by its owner, `Daemon`.
 
 Nothing here listens on a socket: a test builds a `Core` and an app around it and drives
@@ -17,6 +18,7 @@ from daemon.events import EventBus
 from daemon.manager import ModelManager
 from daemon.metrics import Metrics
 from daemon.model_store import ModelStore, models_dirs_for
+from daemon.prediction.conversations import ConversationStore
 from daemon.prediction.service import PredictionService
 
 
@@ -48,6 +50,8 @@ class Core:
             ),
         )
         self.predictions = PredictionService(self.manager, self.metrics, self.events)
+        # Responses kept for `previous_response_id` (Responses API, REST v1 chat).
+        self.conversations = ConversationStore()
         self._restoring: asyncio.Task[None] | None = None
 
     def _save_loads(self) -> None:

@@ -14,7 +14,15 @@ from daemon.http import (
 )
 from daemon.http.control import DaemonControl
 from daemon.http.errors import Handler, error_middleware, error_response
-from daemon.http.keys import CONTROL, EVENTS, MANAGER, METRICS, MODELS, PREDICTIONS
+from daemon.http.keys import (
+    CONTROL,
+    CONVERSATIONS,
+    EVENTS,
+    MANAGER,
+    METRICS,
+    MODELS,
+    PREDICTIONS,
+)
 from daemon.http.routes import INFERENCE, Route, register
 from daemon.http.security import access_middleware, cors_allows
 from daemon.metrics import CONTENT_TYPE
@@ -103,6 +111,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
     app[EVENTS] = core.events
     app[METRICS] = core.metrics
     app[PREDICTIONS] = core.predictions
+    app[CONVERSATIONS] = core.conversations
     app.on_response_prepare.append(add_headers)
     register(
         app,

@@ -7,6 +7,7 @@ from daemon.http.control import DaemonControl
 from daemon.manager import ModelManager
 from daemon.metrics import Metrics
 from daemon.model_store import ModelStore
+from daemon.prediction.conversations import ConversationStore
 from daemon.prediction.service import PredictionService
 
 CONTROL = web.AppKey("control", DaemonControl)
@@ -15,3 +16,4 @@ MANAGER = web.AppKey("manager", ModelManager)
 EVENTS = web.AppKey("events", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 PREDICTIONS = web.AppKey("predictions", PredictionService)
+CONVERSATIONS = web.AppKey("conversations", ConversationStore)

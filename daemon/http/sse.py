@@ -1,4 +1,5 @@
-"""Server-sent events in OpenAI's format: `data: {json}\\n\\n` ... `data: [DONE]\\n\\n`."""
+"""Server-sent events: OpenAI's `data: {json}` ... `data: [DONE]`, and named events
+(`event: name` + `data: {json}`) for the surfaces that use them."""
 
 import json
 from typing import Any
@@ -24,6 +25,12 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
 
 async def send(response: web.StreamResponse, payload: dict[str, Any]) -> None:
     await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+
+async def send_event(response: web.StreamResponse, event: str, payload: dict[str, Any]) -> None:
+    """A named event, `event: <name>` then its data (Responses API, Anthropic, REST v1)."""
+    data = json.dumps(payload)
+    await response.write(f"event: {event}\ndata: {data}\n\n".encode())
 
 
 async def send_done(response: web.StreamResponse) -> None:
