@@ -62,6 +62,9 @@ def fake_model(folder: Path, key: str, **options: Any) -> ModelRecord:
     )
 
 
+EPOCH = 1_700_000_000.0  # the wall clock is the same injected clock, shifted
+
+
 class Harness:
     def __init__(self, tmp_path: Path, **settings: Any) -> None:
         self.clock = Clock()
@@ -77,6 +80,7 @@ class Harness:
             FakeStore(records),  # type: ignore[arg-type]
             Settings(default_context_length=256, **settings),
             clock=self.clock,
+            wall_clock=lambda: EPOCH + self.clock.now,
             starter=self.start,
             memory=lambda: self.free_memory,
             engine_of=lambda record: "fake",
@@ -140,6 +144,17 @@ async def test_ps_counts_the_ttl_down_from_the_last_request(h: Harness) -> None:
     await h.tick(7)
     assert h.manager.ttl_remaining(inst) == 3
     assert "alpha" in h.names()
+
+
+async def test_last_used_time_is_on_the_manager_s_clock(h: Harness) -> None:
+    inst = await h.manager.load("alpha")
+    await h.tick(4)
+    assert h.manager.last_used_epoch(inst) == EPOCH + h.clock.now - 4
+    async with h.manager.lease("alpha"):
+        await h.tick(30)
+        assert h.manager.last_used_epoch(inst) == EPOCH + h.clock.now, "busy: used now"
+    await h.tick(2)
+    assert h.manager.last_used_epoch(inst) == EPOCH + h.clock.now - 2
 
 
 async def test_manual_load_without_ttl_stays(h: Harness) -> None:
