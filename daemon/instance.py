@@ -11,6 +11,7 @@ uses it only through a manager lease.
 
 import asyncio
 import enum
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,9 @@ class Instance:
     generating: int = 0  # predictions past their first token
     load_seconds: float = 0.0
     memory_bytes: int = 0
+    # Unique per loaded instance (LM Studio's `instanceReference`): the same identifier
+    # loaded again is another instance, with another reference.
+    reference: str = field(default_factory=lambda: uuid.uuid4().hex)
     loaded: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )

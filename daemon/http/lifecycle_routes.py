@@ -48,6 +48,7 @@ def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> ap
     return {
         **to_ls_json(inst.record, model_key=catalog.public_id(inst.record)),
         "identifier": inst.identifier,
+        "instanceReference": inst.reference,
         "state": inst.state.value,
         "status": inst.status,
         "origin": inst.origin,

@@ -7,12 +7,13 @@ from typing import cast, get_args
 
 from aiohttp import web
 
-from daemon.catalog import Catalog, ModelRecord, to_ls_json, to_v0_dict
-from daemon.errors import InvalidRequest
+from daemon.catalog import Catalog, ModelRecord, ModelState, to_ls_json, to_v0_dict
+from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
 from daemon.http.routes import INFERENCE, LOCAL, MANAGE, Route
 from daemon.importer import ImportMode
+from daemon.instance import State
 from lms.api import models as api
 
 
@@ -27,9 +28,29 @@ def _created(record: ModelRecord) -> int:
         return 0
 
 
+def _loaded_context(request: web.Request) -> dict[str, int]:
+    """The loaded context of each loaded model, by its relative path (the first instance's
+    when several are loaded)."""
+    out: dict[str, int] = {}
+    for path, instances in request.app[MANAGER].loaded_paths().items():
+        for inst in instances:
+            if inst.state is State.LOADED:
+                info = inst.engine.info if inst.engine is not None else None
+                out[path] = info.context_length if info else inst.config.context_length
+                break
+    return out
+
+
+def _v0_item(record: ModelRecord, catalog: Catalog, loaded: dict[str, int]) -> dict[str, object]:
+    context = loaded.get(record.path)
+    state: ModelState = "not-loaded" if context is None else "loaded"
+    return to_v0_dict(record, state, context, model_id=catalog.public_id(record))
+
+
 async def v0_list(request: web.Request) -> web.Response:
     catalog = await request.app[MODELS].catalog()
-    data = [to_v0_dict(r, "not-loaded", model_id=catalog.public_id(r)) for r in _usable(catalog)]
+    loaded = _loaded_context(request)
+    data = [_v0_item(r, catalog, loaded) for r in _usable(catalog)]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -37,21 +58,52 @@ async def v0_get(request: web.Request) -> web.Response:
     store = request.app[MODELS]
     record = await store.resolve(request.match_info["model"])
     catalog = await store.catalog()
-    return web.json_response(to_v0_dict(record, "not-loaded", model_id=catalog.public_id(record)))
+    return web.json_response(_v0_item(record, catalog, _loaded_context(request)))
+
+
+def _openai_model(ident: str, record: ModelRecord) -> dict[str, object]:
+    return {
+        "id": ident,
+        "object": "model",
+        "created": _created(record),
+        "owned_by": record.publisher,
+    }
+
+
+async def _v1_models(request: web.Request) -> list[tuple[str, ModelRecord]]:
+    """LM Studio's rule: with JIT loading on, every downloaded model (and the loaded
+    instances' own identifiers, such as `lms load --identifier`); else only loaded ones."""
+    manager = request.app[MANAGER]
+    loaded = [(i.identifier, i.record) for i in manager.instances() if i.usable]
+    if not manager.settings.jit_loading:
+        return loaded
+    catalog = await request.app[MODELS].catalog()
+    ids = [(catalog.public_id(r), r) for r in _usable(catalog)]
+    known = {ident for ident, _ in ids}
+    return ids + [(ident, r) for ident, r in loaded if ident not in known]
 
 
 async def v1_list(request: web.Request) -> web.Response:
-    # LM Studio's rule: with JIT loading on, every downloaded model; else only loaded ones.
-    catalog = await request.app[MODELS].catalog()
-    if request.app[MANAGER].settings.jit_loading:
-        ids = [(catalog.public_id(r), r) for r in _usable(catalog)]
-    else:
-        ids = [(i.identifier, i.record) for i in request.app[MANAGER].instances() if i.usable]
-    data = [
-        {"id": ident, "object": "model", "created": _created(r), "owned_by": r.publisher}
-        for ident, r in ids
-    ]
+    data = [_openai_model(ident, r) for ident, r in await _v1_models(request)]
     return web.json_response({"object": "list", "data": data})
+
+
+async def v1_get(request: web.Request) -> web.Response:
+    """`client.models.retrieve(id)`: the model object; a 404 for an unknown id."""
+    wanted = request.match_info["model"]
+    listed = await _v1_models(request)
+    for ident, record in listed:
+        if ident == wanted:
+            return web.json_response(_openai_model(ident, record))
+    if request.app[MANAGER].settings.jit_loading:
+        found: ModelRecord | None
+        try:  # any name that loads a listed model (key@quant, publisher/repo, path)
+            found = await request.app[MODELS].resolve(wanted)
+        except (ModelNotFound, AmbiguousModel):
+            found = None
+        if found is not None and any(r.path == found.path for _, r in listed):
+            return web.json_response(_openai_model(wanted, found))
+    raise ModelNotFound(f"The model {wanted!r} does not exist")
 
 
 async def admin_list(request: web.Request) -> web.Response:
@@ -106,6 +158,7 @@ def routes() -> list[Route]:
         # Ids may hold "/" and "@": match the rest of the path.
         Route("GET", api.V0_MODELS_PATH + "/{model:.+}", v0_get, INFERENCE),
         Route("GET", api.V1_MODELS_PATH, v1_list, INFERENCE),
+        Route("GET", api.V1_MODELS_PATH + "/{model:.+}", v1_get, INFERENCE),
         Route("GET", api.ADMIN_MODELS_PATH, admin_list, MANAGE),
         # It moves files on this machine.
         Route("POST", api.ADMIN_IMPORT_PATH, admin_import, LOCAL),

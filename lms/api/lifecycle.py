@@ -1,7 +1,7 @@
 """Routes and shapes of the lifecycle endpoints: load, unload, loaded instances (`lms ps`)
 and the model match behind `lms load`."""
 
-from typing import Literal, Required, TypedDict
+from typing import Literal, NotRequired, Required, TypedDict
 
 from lms.api.models import ModelInfo, ModelKind
 
@@ -34,6 +34,9 @@ class InstanceInfo(ModelInfo):
     (`daemon.http.lifecycle_routes.instance_json`). Its `modelKey` is the catalog key."""
 
     identifier: str
+    # A unique string per loaded instance (LM Studio's SDK requires it); a model unloaded
+    # and loaded again gets a new one. Always sent by this daemon.
+    instanceReference: NotRequired[str]
     state: InstanceState
     status: ProcessingStatus
     origin: Literal["jit", "manual"]
