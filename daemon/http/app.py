@@ -9,7 +9,10 @@ from daemon.http import (
     inference_routes,
     lifecycle_routes,
     log_routes,
+    messages_routes,
     models_routes,
+    responses_routes,
+    rest_v1_routes,
     settings_routes,
 )
 from daemon.http.control import DaemonControl
@@ -122,6 +125,9 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
             *inference_routes.routes(),
             *lifecycle_routes.routes(),
             *log_routes.routes(),
+            *messages_routes.routes(),
+            *responses_routes.routes(),
+            *rest_v1_routes.routes(),
             *settings_routes.routes(),
         ],
     )
