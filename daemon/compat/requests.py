@@ -2,8 +2,8 @@
 requests (daemon/prediction/types.py). `/v1` and `/api/v0` share these: LM Studio's v0
 bodies are OpenAI's plus `ttl`. Pure: no I/O."""
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from daemon.compat.durations import request_ttl
 from daemon.compat.fields import in_range, optional, required
@@ -22,6 +22,8 @@ from daemon.prediction.types import (
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 16  # `n`: choices per chat or completion request
+EncodingFormat = Literal["float", "base64"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ParsedChat:
     prediction: Prediction
     stream: bool
     include_usage: bool
+    n: int = 1  # choices: n predictions of the same request (choice_predictions)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,28 @@ class ParsedCompletion:
     stream: bool
     include_usage: bool
     echo: bool = False
+    n: int = 1
+
+
+def parse_n(body: dict[str, Any]) -> int:
+    """OpenAI's `n`: how many choices to generate for the request (1..MAX_CHOICES)."""
+    n = optional(body, "n", int)
+    if n is None:
+        return 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(
+            f"'n' must be between 1 and {MAX_CHOICES}", param="n", code="invalid_value"
+        )
+    return int(n)
+
+
+def choice_predictions(prediction: Prediction, n: int) -> list[Prediction]:
+    """The n predictions behind n choices: the same request, and with a seed, the seeds
+    seed, seed+1, ... so that the choices differ yet each is reproducible."""
+    seed = prediction.params.seed
+    if n == 1 or seed is None:
+        return [prediction] * n
+    return [replace(prediction, params=replace(prediction.params, seed=seed + i)) for i in range(n)]
 
 
 def _content_parts(content: Any, where: str) -> tuple[ContentPart, ...]:
@@ -149,10 +174,12 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-def parse_params(body: dict[str, Any]) -> GenerationParams:
+def parse_params(body: dict[str, Any], *, allow_n: bool = False) -> GenerationParams:
+    """Sampling parameters. `n` is not one of them: a surface that serves several choices
+    reads it with parse_n and says `allow_n`; any other refuses an `n` other than 1."""
     defaults = GenerationParams()
     n = optional(body, "n", int)
-    if n is not None and n != 1:
+    if not allow_n and n is not None and n != 1:
         raise InvalidRequest(
             "'n' must be 1: this server returns one choice per request",
             param="n",
@@ -252,12 +279,12 @@ def parse_chat(body: dict[str, Any]) -> ParsedChat:
     prediction = Prediction(
         model=model,
         messages=messages,
-        params=parse_params(body),
+        params=parse_params(body, allow_n=True),
         tools=parse_tools(body.get("tools"), body.get("tool_choice")),
         structured=parse_response_format(optional(body, "response_format", dict)),
         ttl=request_ttl(body),
     )
-    return ParsedChat(prediction, stream=stream, include_usage=include_usage)
+    return ParsedChat(prediction, stream=stream, include_usage=include_usage, n=parse_n(body))
 
 
 def parse_response_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -287,26 +314,71 @@ def parse_response_format(response_format: dict[str, Any] | None) -> dict[str, A
     )
 
 
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
+def _inputs(raw: Any, field_name: str) -> list[str | list[int]]:
+    """OpenAI's prompt/input forms: a string, an array of strings, an array of token ids,
+    or an array of such arrays."""
+    if isinstance(raw, str) or _is_token_ids(raw):
+        return [raw]
+    if (
+        isinstance(raw, list)
+        and raw
+        and all(isinstance(item, str) or _is_token_ids(item) for item in raw)
+    ):
+        return list(raw)
+    raise InvalidRequest(
+        f"'{field_name}' must be a string, an array of strings, an array of token ids "
+        "(non-negative integers) or an array of such arrays, not empty",
+        param=field_name,
+        code="invalid_type",
+    )
+
+
+def _check_ids(inputs: list[str | list[int]], field_name: str) -> None:
+    if any(isinstance(item, list) and min(item) < 0 for item in inputs):
+        raise InvalidRequest(
+            f"'{field_name}' token ids must be non-negative integers",
+            param=field_name,
+            code="invalid_value",
+        )
+
+
 def parse_completion(body: dict[str, Any]) -> ParsedCompletion:
     model = required(body, "model", str)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if prompt is None:
+    raw = body.get("prompt")
+    if raw is None:
         raise InvalidRequest(
             "'prompt' is required", param="prompt", code="missing_required_parameter"
         )
-    if not isinstance(prompt, str):
-        raise InvalidRequest("'prompt' must be a string", param="prompt", code="invalid_type")
+    prompts = _inputs(raw, "prompt")
+    if len(prompts) > 1:
+        raise InvalidRequest(
+            f"'prompt' holds {len(prompts)} prompts: this server takes one prompt per "
+            "request (send several requests, or use 'n' for several choices)",
+            param="prompt",
+            code="invalid_value",
+        )
+    _check_ids(prompts, "prompt")
+    prompt = prompts[0]
+    echo = bool(optional(body, "echo", bool))
+    if echo and not isinstance(prompt, str):
+        raise InvalidRequest(
+            "'echo' needs a text prompt: this server does not echo token ids",
+            param="echo",
+            code="invalid_value",
+        )
     stream, include_usage = _stream_flags(body)
     prediction = Prediction(
-        model=model, prompt=prompt, params=parse_params(body), ttl=request_ttl(body)
+        model=model,
+        prompt=prompt,
+        params=parse_params(body, allow_n=True),
+        ttl=request_ttl(body),
     )
     return ParsedCompletion(
-        prediction,
-        stream=stream,
-        include_usage=include_usage,
-        echo=bool(optional(body, "echo", bool)),
+        prediction, stream=stream, include_usage=include_usage, echo=echo, n=parse_n(body)
     )
 
 
@@ -317,11 +389,20 @@ def parse_embedding(body: dict[str, Any]) -> EmbeddingRequest:
         raise InvalidRequest(
             "'input' is required", param="input", code="missing_required_parameter"
         )
-    inputs = [raw] if isinstance(raw, str) else raw
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
-        raise InvalidRequest(
-            "'input' must be a string or a non-empty array of strings",
-            param="input",
-            code="invalid_type",
-        )
+    inputs = _inputs(raw, "input")
+    _check_ids(inputs, "input")
     return EmbeddingRequest(model=model, inputs=tuple(inputs), ttl=request_ttl(body))
+
+
+def parse_encoding_format(body: dict[str, Any]) -> EncodingFormat:
+    """Embeddings' `encoding_format`: "float" (the default) or "base64"."""
+    value = optional(body, "encoding_format", str)
+    if value is None or value == "float":
+        return "float"
+    if value == "base64":
+        return "base64"
+    raise InvalidRequest(
+        "'encoding_format' must be 'float' or 'base64'",
+        param="encoding_format",
+        code="invalid_value",
+    )

@@ -6,6 +6,8 @@ Reasoning separated from the answer goes out as `reasoning_content` (LM Studio's
 tool calls as `tool_calls`, the content then null.
 """
 
+import base64
+import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,11 +38,20 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(stats: DoneEvent) -> dict[str, int]:
+def usage(stats: DoneEvent) -> dict[str, Any]:
+    return choices_usage([stats])
+
+
+def choices_usage(stats: list[DoneEvent]) -> dict[str, Any]:
+    """Usage of one request's choices (n > 1): the prompt once, every choice's completion.
+    `cached_tokens`: the prompt tokens reused from the model's prompt cache."""
+    prompt = stats[0].prompt_tokens
+    completion = sum(s.completion_tokens for s in stats)
     return {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.completion_tokens,
-        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": stats[0].cached_tokens},
     }
 
 
@@ -106,9 +117,7 @@ def completion_logprobs(tokens: list[TokenEvent]) -> dict[str, Any]:
     }
 
 
-def chat_completion(
-    model_id: str, done: PredictionDone, *, want_logprobs: bool, completion_id: str | None = None
-) -> dict[str, Any]:
+def chat_choice(index: int, done: PredictionDone, *, want_logprobs: bool) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": done.text}
     if done.reasoning:
         message["reasoning_content"] = done.reasoning
@@ -116,26 +125,52 @@ def chat_completion(
         message["content"] = None
         message["tool_calls"] = [to_openai_call(call) for call in done.tool_calls]
     return {
+        "index": index,
+        "message": message,
+        "logprobs": chat_logprobs(list(done.tokens)) if want_logprobs else None,
+        "finish_reason": finish_reason(done),
+    }
+
+
+def chat_completion(
+    model_id: str, done: PredictionDone, *, want_logprobs: bool, completion_id: str | None = None
+) -> dict[str, Any]:
+    return chat_completion_choices(
+        model_id, [done], want_logprobs=want_logprobs, completion_id=completion_id
+    )
+
+
+def chat_completion_choices(
+    model_id: str,
+    dones: list[PredictionDone],
+    *,
+    want_logprobs: bool,
+    completion_id: str | None = None,
+) -> dict[str, Any]:
+    """A chat completion with one choice per prediction (`n`), in order."""
+    return {
         "id": completion_id or new_id("chatcmpl"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model_id,
         "system_fingerprint": model_id,
         "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": chat_logprobs(list(done.tokens)) if want_logprobs else None,
-                "finish_reason": finish_reason(done),
-            }
+            chat_choice(i, done, want_logprobs=want_logprobs) for i, done in enumerate(dones)
         ],
-        "usage": usage(done.stats),
+        "usage": choices_usage([done.stats for done in dones]),
     }
 
 
 def text_completion(
     model_id: str, done: PredictionDone, *, want_logprobs: bool, prefix: str = ""
 ) -> dict[str, Any]:
+    return text_completion_choices(model_id, [done], want_logprobs=want_logprobs, prefix=prefix)
+
+
+def text_completion_choices(
+    model_id: str, dones: list[PredictionDone], *, want_logprobs: bool, prefix: str = ""
+) -> dict[str, Any]:
+    """A text completion with one choice per prediction (`n`), in order."""
     return {
         "id": new_id("cmpl"),
         "object": "text_completion",
@@ -143,13 +178,14 @@ def text_completion(
         "model": model_id,
         "choices": [
             {
-                "index": 0,
+                "index": i,
                 "text": prefix + done.text,
                 "logprobs": completion_logprobs(list(done.tokens)) if want_logprobs else None,
                 "finish_reason": finish_reason(done),
             }
+            for i, done in enumerate(dones)
         ],
-        "usage": usage(done.stats),
+        "usage": choices_usage([done.stats for done in dones]),
     }
 
 
@@ -161,6 +197,7 @@ def chat_chunk(
     delta: dict[str, Any],
     finish: str | None = None,
     logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -168,7 +205,9 @@ def chat_chunk(
         "created": created,
         "model": model_id,
         "system_fingerprint": model_id,
-        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        "choices": [
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        ],
     }
 
 
@@ -180,26 +219,45 @@ def text_chunk(
     text: str,
     finish: str | None = None,
     logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model_id,
-        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+        "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
     }
 
 
-def usage_chunk(base: dict[str, Any], stats: DoneEvent) -> dict[str, Any]:
-    """The extra last chunk `stream_options.include_usage` asks for: no choices, usage."""
-    return {**base, "choices": [], "usage": usage(stats)}
+def usage_chunk(base: dict[str, Any], stats: DoneEvent | list[DoneEvent]) -> dict[str, Any]:
+    """The extra last chunk `stream_options.include_usage` asks for: no choices, usage
+    (of every choice, given their stats)."""
+    return {
+        **base,
+        "choices": [],
+        "usage": choices_usage(stats if isinstance(stats, list) else [stats]),
+    }
 
 
-def embeddings(model_id: str, vectors: list[list[float]], prompt_tokens: int) -> dict[str, Any]:
+def encode_vector(vector: list[float]) -> str:
+    """An embedding as OpenAI's `encoding_format: "base64"`: its little-endian float32
+    bytes, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def embeddings(
+    model_id: str, vectors: list[list[float]], prompt_tokens: int, *, encoding: str = "float"
+) -> dict[str, Any]:
+    """`encoding`: "float" (arrays of numbers) or "base64" (encode_vector)."""
     return {
         "object": "list",
         "data": [
-            {"object": "embedding", "embedding": vector, "index": i}
+            {
+                "object": "embedding",
+                "embedding": encode_vector(vector) if encoding == "base64" else vector,
+                "index": i,
+            }
             for i, vector in enumerate(vectors)
         ],
         "model": model_id,
@@ -210,7 +268,8 @@ def embeddings(model_id: str, vectors: list[list[float]], prompt_tokens: int) ->
 @dataclass
 class ChunkStream:
     """One streamed chat or text completion: prediction events in, OpenAI chunks out.
-    `v0_model` adds LM Studio's extras to the last chunk (/api/v0)."""
+    `v0_model` adds LM Studio's extras to the last chunk (/api/v0). With n > 1 there is one
+    per choice (`index`), sharing `completion_id` and `created`."""
 
     model_id: str
     chat: bool
@@ -219,6 +278,7 @@ class ChunkStream:
     v0_model: ModelUsed | None = None
     completion_id: str = ""
     created: int = 0
+    index: int = 0
 
     def __post_init__(self) -> None:
         self.completion_id = self.completion_id or new_id("chatcmpl" if self.chat else "cmpl")
@@ -276,5 +336,5 @@ class ChunkStream:
     ) -> dict[str, Any]:
         ids = (self.completion_id, self.model_id, self.created)
         if self.chat:
-            return chat_chunk(*ids, delta=delta, finish=finish, logprobs=logprobs)
-        return text_chunk(*ids, text=text, finish=finish, logprobs=logprobs)
+            return chat_chunk(*ids, delta=delta, finish=finish, logprobs=logprobs, index=self.index)
+        return text_chunk(*ids, text=text, finish=finish, logprobs=logprobs, index=self.index)

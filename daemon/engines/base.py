@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from daemon.errors import ProtocolError
+from daemon.errors import InvalidRequest, ProtocolError
 
 _T = TypeVar("_T")
 
@@ -112,13 +112,18 @@ class GenerationParams:
         )
 
 
+# An input as text, or as token ids of the model's vocabulary (OpenAI allows both).
+PromptInput = str | list[int]
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
-    prompt: str
+    prompt: PromptInput  # text (tokenized by the engine) or token ids (used as they are)
     params: GenerationParams = field(default_factory=GenerationParams)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "completion", "prompt": self.prompt, "params": self.params.to_dict()}
+        prompt = self.prompt if isinstance(self.prompt, str) else list(self.prompt)
+        return {"kind": "completion", "prompt": prompt, "params": self.params.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -150,10 +155,35 @@ def request_from_dict(data: Mapping[str, Any]) -> GenerationRequest:
     params = GenerationParams.from_dict(data.get("params") or {})
     kind = data.get("kind")
     if kind == "completion":
-        return _build(CompletionRequest, data, params=params)
+        return _build(
+            CompletionRequest, data, params=params, prompt=prompt_input(data.get("prompt"))
+        )
     if kind == "chat":
         return _build(ChatRequest, data, params=params)
     raise ProtocolError(f"unknown request kind {kind!r}")
+
+
+def prompt_input(value: Any) -> PromptInput:
+    """A prompt or embedding input off the wire: text, or a list of integer token ids."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(type(t) is int for t in value):
+        return list(value)
+    raise ProtocolError(f"an input must be text or token ids, got {type(value).__name__}")
+
+
+def check_token_ids(tokens: list[int], n_vocab: int, *, param: str) -> None:
+    """Token-id input, refused before anything runs unless every id is in the vocabulary."""
+    if not tokens:
+        raise InvalidRequest(f"'{param}' is empty", param=param, code="invalid_value")
+    for token in tokens:
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"'{param}' holds token id {token}, which is not in the model's vocabulary "
+                f"(0..{n_vocab - 1})",
+                param=param,
+                code="invalid_value",
+            )
 
 
 class StopReason(StrEnum):
@@ -203,6 +233,7 @@ class DoneEvent:
     generation_time: float  # seconds from the first sampled token to the last
     tokens_per_second: float  # sampling rate after the first token (0 if too few to tell)
     stop_string: str | None = None
+    cached_tokens: int = 0  # prompt tokens reused from the prompt cache (not read again)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,7 +252,7 @@ StreamEvent = TokenEvent | DoneEvent
 
 @dataclass(frozen=True)
 class EmbedResult:
-    vectors: list[list[float]]  # one unit-length vector per input text
+    vectors: list[list[float]]  # one unit-length vector per input
     prompt_tokens: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +278,10 @@ class Engine(Protocol):
         the prompt does not fit; checks `cancelled()` between tokens (-> "userStopped")."""
         ...
 
-    def embed(self, texts: list[str]) -> EmbedResult: ...
+    def embed(self, texts: list[PromptInput]) -> EmbedResult:
+        """One vector per input: a text, or token ids (InvalidRequest when one is not in
+        the vocabulary, before anything runs)."""
+        ...
 
     def render_chat(
         self,

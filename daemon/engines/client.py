@@ -21,6 +21,7 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationRequest,
     LoadSpec,
+    PromptInput,
     StreamEvent,
     TokenEvent,
 )
@@ -159,7 +160,7 @@ class EngineClient:
             if not finished:
                 self._post_nowait({"type": Op.CANCEL.value, "id": rid})
 
-    async def embed(self, texts: list[str]) -> EmbedResult:
+    async def embed(self, texts: list[PromptInput]) -> EmbedResult:
         return EmbedResult.from_dict(await self._call(Op.EMBED, texts=list(texts)))
 
     async def render_chat(

@@ -8,7 +8,8 @@ is a GGUF file's `fake.options` string (any other file gets the defaults):
      "crash_after_tokens": null, "fail_load": null, "embedding_dim": 16}
 
 It "generates" by echoing `reply`, else the last user message (chat) or the prompt
-(completion), one word (with its trailing space) per token, then EOS; `endless` repeats it
+(completion; a prompt of token ids has nothing to echo), one word (with its trailing
+space) per token, then EOS; `endless` repeats it
 until max_tokens or the context is full. With `babble` (or nothing to echo) it draws words
 at random from a small list with `random.Random(seed)`, so seeds matter. `LMS_FAKE_TOKEN_DELAY`
 (seconds) overrides `token_delay`; `crash_after_tokens` calls abort() like a broken native
@@ -41,7 +42,9 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationRequest,
     LoadSpec,
+    PromptInput,
     StreamEvent,
+    check_token_ids,
 )
 from daemon.engines.slots import DelegatedSlots, IteratorSlots, SlotRunner
 from daemon.engines.streaming import RawToken, shape_stream
@@ -51,6 +54,7 @@ from daemon.gguf import read_header
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
 WORDS = ("apple", "river", "stone", "cloud", "ember", "maple", "quartz", "delta", "lumen")
 EOS_ID = 0
+VOCAB_SIZE = 50_001  # token ids: EOS_ID, and 1..50000 (token_id)
 DELAY_ENV = "LMS_FAKE_TOKEN_DELAY"
 GGUF_OPTIONS_KEY = "fake.options"
 
@@ -205,9 +209,13 @@ class FakeEngine(DelegatedSlots):
             prompt = self.render_chat(request.messages, request.tools)
             users = [m for m in request.messages if m.get("role") == "user"]
             source = _text(users[-1]) if users else ""
+            prompt_tokens = self.count_tokens(prompt)
+        elif isinstance(request.prompt, str):
+            source = request.prompt
+            prompt_tokens = self.count_tokens(source)
         else:
-            prompt = source = request.prompt
-        prompt_tokens = self.count_tokens(prompt)
+            check_token_ids(request.prompt, VOCAB_SIZE, param="prompt")
+            source, prompt_tokens = "", len(request.prompt)
         if prompt_tokens >= self._options.context_length:
             raise ContextOverflow(prompt_tokens, self._options.context_length)
         if request.params.grammar is not None and not request.params.grammar.strip():
@@ -249,10 +257,15 @@ class FakeEngine(DelegatedSlots):
             yield RawToken(tid, piece.encode(), logprob=logprob, top_logprobs=alternatives)
         yield RawToken(EOS_ID, b"", eog=True)
 
-    def embed(self, texts: list[str]) -> EmbedResult:
+    def embed(self, texts: list[PromptInput]) -> EmbedResult:
+        for item in texts:
+            if not isinstance(item, str):
+                check_token_ids(item, VOCAB_SIZE, param="input")
         return EmbedResult(
-            vectors=[_hash_vector(t, self._options.embedding_dim) for t in texts],
-            prompt_tokens=sum(self.count_tokens(t) for t in texts),
+            vectors=[_hash_vector(str(t), self._options.embedding_dim) for t in texts],
+            prompt_tokens=sum(
+                self.count_tokens(t) if isinstance(t, str) else len(t) for t in texts
+            ),
         )
 
     def close(self) -> None:

@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
 
-from daemon.engines.base import EmbedResult, EngineInfo, GenerationRequest, LoadSpec, StreamEvent
+from daemon.engines.base import (
+    EmbedResult,
+    EngineInfo,
+    GenerationRequest,
+    LoadSpec,
+    PromptInput,
+    StreamEvent,
+)
 
 # Engines run on a thread of the daemon rather than in a worker process: only those that
 # cannot crash the process natively (see inprocess.py).
@@ -37,7 +44,7 @@ class EngineHandle(Protocol):
         Raises a typed LmsError (ContextOverflow, WorkerCrashed, ModelUnloaded, ...)."""
         ...
 
-    async def embed(self, texts: list[str]) -> EmbedResult: ...
+    async def embed(self, texts: list[PromptInput]) -> EmbedResult: ...
 
     async def count_tokens(self, text: str) -> int: ...
 

@@ -32,7 +32,9 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationRequest,
     LoadSpec,
+    PromptInput,
     StreamEvent,
+    check_token_ids,
 )
 from daemon.engines.llama_sampling import Sampler, structured_grammar
 from daemon.engines.llama_slots import LlamaSlots
@@ -138,6 +140,7 @@ class LlamaCppEngine(DelegatedSlots):
         self._vocab: Any = None
         self._bos = -1
         self._n_ctx = 0
+        self._n_vocab = 0
         self._formatters: dict[bool, Jinja2ChatFormatter] = {}
         self._template = CHATML
         self._bos_text = ""
@@ -190,6 +193,7 @@ class LlamaCppEngine(DelegatedSlots):
             raise LoadFailed(f"llama.cpp could not load {path}: {exc}") from exc
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._bos = int(llama_cpp.llama_vocab_bos(self._vocab))
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._slots = LlamaSlots(
             ctx,
             self._vocab,
@@ -280,7 +284,7 @@ class LlamaCppEngine(DelegatedSlots):
         cancelled: Callable[[], bool],
         arrived: float,
     ) -> None:
-        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx)
+        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx, self._n_vocab)
         self.slots.admit(key, tokens, request.params, cancelled, arrived)
 
     def _slot_runner(self) -> SlotRunner:
@@ -311,17 +315,36 @@ class LlamaCppEngine(DelegatedSlots):
 
     # -- embeddings -------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> EmbedResult:
+    def embed(self, texts: list[PromptInput]) -> EmbedResult:
         llm = self._llm
         if llm is None:
             raise InvalidRequest("this model instance was not loaded for embeddings")
-        for text in texts:
-            count = len(llm.tokenize(text.encode("utf-8")))
+        # llama-cpp-python's embed() tokenizes every input itself: token-id inputs go in
+        # as placeholder texts that its tokenize() (wrapped for this call) maps back.
+        given: dict[bytes, list[int]] = {}
+        inputs: list[str] = []
+        for i, item in enumerate(texts):
+            if isinstance(item, str):
+                count = len(llm.tokenize(item.encode("utf-8")))
+                inputs.append(item)
+            else:
+                check_token_ids(item, self._n_vocab, param="input")
+                count = len(item)
+                placeholder = f"\x00lmsd-token-input-{i}\x00"
+                given[placeholder.encode("utf-8")] = list(item)
+                inputs.append(placeholder)
             if count > llm.n_batch:
                 raise ContextOverflow(count, llm.n_batch)
+        tokenize = llm.tokenize
+        if given:
+            llm.tokenize = lambda text, *args, **kwargs: (  # type: ignore[method-assign]
+                given[text] if text in given else tokenize(text, *args, **kwargs)
+            )
         try:
-            output, total = llm.embed(texts, normalize=False, truncate=False, return_count=True)
+            output, total = llm.embed(inputs, normalize=False, truncate=False, return_count=True)
         finally:
+            if given:
+                del llm.tokenize  # the class's method again
             self.slots.forget()  # llama-cpp-python cleared the context's memory
         vectors = [_unit(_pool(v)) for v in output]
         return EmbedResult(vectors=vectors, prompt_tokens=int(total))

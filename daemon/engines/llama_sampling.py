@@ -33,6 +33,10 @@ def structured_grammar(structured: dict[str, Any]) -> str:
     rules = re.sub(r"^root ::=", "structured-value ::=", gbnf, flags=re.MULTILINE)
     # json.dumps makes a GBNF string literal: the escapes are the same.
     prefix, suffix = structured.get("prefix") or "", structured.get("suffix") or ""
+    if not suffix and not structured.get("repeat"):
+        # The value ends the output: no optional space after it, so the grammar is complete
+        # (only end-of-generation can follow) right at its last character.
+        rules = re.sub(r"^(structured-value ::= .*) space$", r"\1", rules, flags=re.MULTILINE)
     item = " ".join(
         [json.dumps(prefix)] * bool(prefix)
         + ["structured-value"]

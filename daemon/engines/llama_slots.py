@@ -128,6 +128,7 @@ class LlamaSlots:
             prompt_tokens=len(prompt),
             context_length=self._context_length,
             started=arrived,
+            cached_tokens=len(slot.cached),  # what _truncate kept is not read again
         )
         slot.job = _Job(key, prompt, params, sampler, shaper, cancelled, arrived)
 

@@ -35,6 +35,7 @@ from daemon.engines.base import (
     GenerationParams,
     GenerationRequest,
     LoadSpec,
+    PromptInput,
     StreamEvent,
 )
 from daemon.engines.streaming import RawToken, prompt_tokens, shape_stream
@@ -149,6 +150,7 @@ class MlxEngine:
         # KV cache kept from the last request and the tokens it holds (None: unusable).
         self._cache: list[Any] | None = None
         self._cached: list[int] = []
+        self._reused = 0  # prompt tokens the running request took from that cache
         self._structured: Any = None  # mlx_structured.StructuredFactory, built on first use
 
     @property
@@ -238,7 +240,8 @@ class MlxEngine:
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[StreamEvent]:
         started = time.perf_counter()
-        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx)
+        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx, self._n_vocab)
+        self._reused = 0
         params = request.params
         constraint = None
         if params.structured is not None:
@@ -252,6 +255,7 @@ class MlxEngine:
             context_length=self._n_ctx,
             cancelled=cancelled,
             started=started,
+            cached_tokens=lambda: self._reused,
         )
 
     def _structured_factory(self) -> Any:
@@ -337,6 +341,7 @@ class MlxEngine:
             cache = make_prompt_cache(model)
         self._cache = None
         assert cache is not None
+        self._reused = common
         todo = prompt[common:-1]
         for start in range(0, len(todo), PREFILL_CHUNK):
             if cancelled():
@@ -375,7 +380,7 @@ class MlxEngine:
 
     # -- embeddings -------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> EmbedResult:
+    def embed(self, texts: list[PromptInput]) -> EmbedResult:
         raise InvalidRequest("the MLX engine does not compute embeddings; use a GGUF model")
 
     def close(self) -> None:

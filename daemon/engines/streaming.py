@@ -18,6 +18,7 @@ from daemon.engines.base import (
     StopReason,
     StreamEvent,
     TokenEvent,
+    check_token_ids,
 )
 from daemon.errors import ContextOverflow, InvalidRequest
 
@@ -84,8 +85,10 @@ class StreamShaper:
         prompt_tokens: int,
         context_length: int,
         started: float,
+        cached_tokens: int = 0,
     ) -> None:
         self._params = params
+        self.cached_tokens = cached_tokens  # prompt tokens reused from the prompt cache
         self._prompt_tokens = prompt_tokens
         self._context_length = context_length
         self._started = started
@@ -157,6 +160,7 @@ class StreamShaper:
                 (self._samples - 1) / generation_time if generation_time > 0 else 0.0
             ),
             stop_string=stop_string,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -169,9 +173,11 @@ def shape_stream(
     cancelled: Callable[[], bool],
     started: float,
     clock: Callable[[], float] = time.perf_counter,
+    cached_tokens: Callable[[], int] = lambda: 0,
 ) -> Iterator[StreamEvent]:
     """Pulls tokens from `raw` lazily (each `next()` samples one) and closes it when done.
-    `started` is the clock reading when the request began (before prompt processing)."""
+    `started` is the clock reading when the request began (before prompt processing);
+    `cached_tokens` tells, once the prompt is read, how much of it came from a cache."""
     shaper = StreamShaper(
         params=params, prompt_tokens=prompt_tokens, context_length=context_length, started=started
     )
@@ -189,6 +195,7 @@ def shape_stream(
                 reason = StopReason.USER_STOPPED if cancelled() else StopReason.EOS
                 last = shaper.end(reason, now)
                 break
+            shaper.cached_tokens = cached_tokens()
             events = shaper.feed(token, now)
             if shaper.finished:  # the raw stream is closed before the final events
                 last = events
@@ -206,14 +213,20 @@ def prompt_tokens(
     render_chat: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, bool], str],
     tokenize: Callable[[str], list[int]],
     context_length: int,
+    n_vocab: int,
 ) -> list[int]:
-    """The request's prompt as tokens (a chat through the model's own template), refused
-    before anything runs when it is empty or does not fit the context."""
+    """The request's prompt as tokens (a chat through the model's own template; token ids
+    as they are, once checked against the vocabulary), refused before anything runs when
+    it is empty or does not fit the context."""
     if isinstance(request, ChatRequest):
-        prompt = render_chat(request.messages, request.tools, request.add_generation_prompt)
+        tokens = tokenize(
+            render_chat(request.messages, request.tools, request.add_generation_prompt)
+        )
+    elif isinstance(request.prompt, str):
+        tokens = tokenize(request.prompt)
     else:
-        prompt = request.prompt
-    tokens = tokenize(prompt)
+        tokens = list(request.prompt)
+        check_token_ids(tokens, n_vocab, param="prompt")
     if not tokens:
         raise InvalidRequest("the prompt is empty", param="prompt")
     if len(tokens) >= context_length:

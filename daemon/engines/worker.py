@@ -39,6 +39,7 @@ from daemon.engines.base import (
     EngineInfo,
     LoadSpec,
     StreamEvent,
+    prompt_input,
     request_from_dict,
 )
 from daemon.engines.protocol import (
@@ -276,7 +277,7 @@ class WorkerServer:
     def _embed(self, message: Message) -> None:
         rid = message["id"]
         try:
-            result = self._loaded().embed([str(t) for t in message["texts"]])
+            result = self._loaded().embed([prompt_input(t) for t in message["texts"]])
         except Exception as exc:
             self._fail(rid, exc)
             return

@@ -303,7 +303,7 @@ def _engine_request(
         else prediction.structured
     )
     params = replace(prediction.params, structured=structured)
-    parser = tools.ToolCallParser(setup.names)
+    parser = tools.ToolCallParser(setup.names, bare=setup.mode == "required")
     if native:
         return ChatRequest(messages, setup.tools, params), parser
     return ChatRequest(tools.fallback_messages(messages, setup), None, params), parser
@@ -325,6 +325,8 @@ async def _reasoning_splitter(
 def _input_text(prediction: Prediction) -> str:
     """The input as readable text for the log stream (the daemon does not see the
     templated prompt): a completion's prompt, or one `role: text` block per message."""
+    if isinstance(prediction.prompt, list):
+        return f"[{len(prediction.prompt)} token ids]"
     if prediction.prompt is not None:
         return prediction.prompt
     return "\n\n".join(

@@ -6,9 +6,12 @@ Models whose chat template handles tools get them through the template (native).
 get LM Studio's default format: a system prompt describing the tools and asking for
 `[TOOL_REQUEST]{"name": ..., "arguments": {...}}[END_TOOL_REQUEST]`, with `tool` messages
 turned into user messages. `required` and a named function are enforced with a grammar
-(structured output), so the model cannot answer without a valid call. The parser accepts
-both that format and Hermes/Qwen's `<tool_call>{...}</tool_call>`; a call that does not
-parse stays plain content (reported as a failed call too), never an error.
+(structured output) for exactly one call, as bare JSON `{"name": ..., "arguments": ...}`
+without markers (they would cost tokens and nothing else): the grammar, and so the
+generation, ends with the call's closing brace. The parser accepts both marker formats and
+Hermes/Qwen's `<tool_call>{...}</tool_call>`, and (`bare`) a forced call's bare JSON; a call
+that does not parse stays plain content (reported as a failed call too), never an error.
+Whitespace alone next to calls (the newline after `</tool_call>`) is not content.
 
 Tools are kept in the shape chat templates consume: `{"type": "function", "function":
 {"name", "description", "parameters"}}`.
@@ -89,8 +92,10 @@ def _arguments_object(arguments: Any) -> Any:
     return arguments
 
 
-def call_constraint(setup: ToolSetup, *, native: bool) -> dict[str, Any]:
-    """Structured output forcing one or more valid calls (for `required`)."""
+def call_constraint(setup: ToolSetup, *, native: bool = False) -> dict[str, Any]:
+    """Structured output forcing one valid call (for `required`): its bare JSON, nothing
+    before or after it, whatever the model's own call format (`native`) is; the parser
+    made with `bare=True` reads it."""
     alternatives = [
         {
             "type": "object",
@@ -103,10 +108,7 @@ def call_constraint(setup: ToolSetup, *, native: bool) -> dict[str, Any]:
         for f in _functions(setup)
     ]
     schema = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
-    start, end = (
-        (HERMES_START + "\n", "\n" + HERMES_END) if native else (REQUEST_START, REQUEST_END)
-    )
-    return {"schema": schema, "prefix": start, "suffix": end, "repeat": True}
+    return {"schema": schema, "prefix": "", "suffix": "", "repeat": False}
 
 
 @dataclass(frozen=True)
@@ -122,27 +124,42 @@ Piece = str | ToolCall | FailedCall  # content text, a complete call, or a faile
 
 class ToolCallParser:
     """Splits generated text into content and tool calls, incrementally (for streaming):
-    text that may begin a call marker is held back until it is clear."""
+    text that may begin a call marker is held back until it is clear, and whitespace alone
+    until other text follows (whitespace next to a call is dropped, as a whole answer with
+    calls has no content). `bare`: the output may be one call's JSON without markers (a
+    forced call, call_constraint): it then runs to the end of the generation."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], *, bare: bool = False) -> None:
         self.names = set(names)
         self.calls: list[ToolCall] = []
         self._buffer = ""
         self._start = ""  # inside a call: the marker that opened it
         self._end: str | None = None  # inside a call: the marker that closes it
+        self._bare = bare  # not decided yet whether the output is a bare call
+        self._in_bare = False  # inside a bare call (it ends with the generation)
+        self._space = ""  # whitespace held back
 
     def feed(self, text: str) -> list[Piece]:
         self._buffer += text
         pieces: list[Piece] = []
+        if self._bare:
+            head = self._buffer.lstrip()
+            if not head:
+                return pieces
+            self._bare = False
+            if head.startswith("{"):
+                self._in_bare, self._buffer, self._start, self._end = True, head, "", ""
+        if self._in_bare:
+            return pieces
         while True:
             if self._end is None:
                 start, at = _first_marker(self._buffer)
                 if start is None:
                     keep = _held_back(self._buffer)
-                    pieces += _content(self._buffer[: len(self._buffer) - keep])
+                    pieces += self._content(self._buffer[: len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     return pieces
-                pieces += _content(self._buffer[:at])
+                pieces += self._content(self._buffer[:at])
                 self._buffer = self._buffer[at + len(start) :]
                 self._end = MARKERS[start]
                 self._start = start
@@ -150,20 +167,39 @@ class ToolCallParser:
                 at = self._buffer.find(self._end)
                 if at < 0:
                     return pieces
-                pieces.append(self._call_or_text(self._buffer[:at], closed=True))
+                pieces += self._call_or_text(self._buffer[:at], closed=True)
                 self._buffer = self._buffer[at + len(self._end) :]
                 self._end = None
 
     def finish(self) -> list[Piece]:
         """The rest, when generation ends (a call may miss its closing marker)."""
         if self._end is not None:
-            pieces: list[Piece] = [self._call_or_text(self._buffer, closed=False)]
+            pieces = self._call_or_text(self._buffer, closed=False)
         else:
-            pieces = list(_content(self._buffer))
-        self._buffer, self._end = "", None
+            pieces = self._content(self._buffer)
+        if self._space and not self.calls:
+            pieces.append(self._space)
+        self._buffer, self._end, self._space, self._in_bare = "", None, "", False
         return pieces
 
-    def _call_or_text(self, body: str, *, closed: bool) -> Piece:
+    def _content(self, text: str) -> list[Piece]:
+        if not text:
+            return []
+        if not text.strip():
+            self._space += text
+            return []
+        text, self._space = self._space + text, ""
+        return [text]
+
+    def _call_or_text(self, body: str, *, closed: bool) -> list[Piece]:
+        piece = self._parse_call(body, closed=closed)
+        if isinstance(piece, ToolCall):
+            self._space = ""  # whitespace next to a call is not content
+            return [piece]
+        space, self._space = self._space, ""
+        return [space, piece] if space else [piece]
+
+    def _parse_call(self, body: str, *, closed: bool) -> Piece:
         try:
             value = json.loads(body)
         except ValueError:
@@ -197,7 +233,3 @@ def _held_back(text: str) -> int:
         if any(m.startswith(text[-size:]) for m in MARKERS):
             return size
     return 0
-
-
-def _content(text: str) -> list[Piece]:
-    return [text] if text else []

@@ -90,7 +90,8 @@ class Prediction:
 
     model: str
     messages: tuple[Message, ...] = ()
-    prompt: str | None = None  # a completion: the text to continue, no chat template
+    # A completion: the text to continue (no chat template), or its token ids.
+    prompt: str | list[int] | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     tools: ToolSetup | None = None
     structured: dict[str, Any] | None = None  # {"schema": ...} (see GenerationParams)
@@ -107,7 +108,7 @@ class Prediction:
 @dataclass(frozen=True)
 class EmbeddingRequest:
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str | list[int], ...]  # texts, or token ids of the model's vocabulary
     ttl: float | None = None
 
 

@@ -72,7 +72,8 @@ def test_params_defaults_and_lm_studio_minus_one() -> None:
     [
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 2}, "top_p"),
-        ({"n": 3}, "n"),
+        ({"n": 17}, "n"),
+        ({"n": 0}, "n"),
         ({"stop": [1]}, "stop"),
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"max_tokens": 0}, "max_tokens"),
@@ -195,7 +196,8 @@ def test_fallback_messages_and_constraint() -> None:
     assert REQUEST_START in messages[2]["content"] and "Oslo" in messages[2]["content"]
     assert messages[3] == {"role": "user", "content": "Result of tool call c1: cold"}
     constraint = call_constraint(setup, native=False)
-    assert constraint["prefix"] == REQUEST_START and constraint["repeat"] is True
+    # One bare call, no markers: the grammar (and the generation) ends with the call.
+    assert constraint["prefix"] == constraint["suffix"] == "" and constraint["repeat"] is False
     assert constraint["schema"]["properties"]["name"] == {"const": "get_weather"}
 
 
@@ -216,4 +218,9 @@ def test_finish_reasons_and_usage() -> None:
     assert done.stop_reason == "maxPredictedTokensReached"
     called = PredictionDone(stats, "", "", (ToolCall("c1", "f", "{}"),), ())
     assert render.finish_reason(called) == "tool_calls" and called.stop_reason == "toolCalls"
-    assert render.usage(stats) == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert render.usage(stats) == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
