@@ -63,11 +63,15 @@ class Lease:
     """One request's use of an instance, for as long as the request lasts. `engine` is
     never missing; `phase()` reports progress, which the manager counts."""
 
-    def __init__(self, manager: "ModelManager", inst: Instance, engine: EngineHandle) -> None:
+    def __init__(
+        self, manager: "ModelManager", inst: Instance, engine: EngineHandle, *, waited: bool
+    ) -> None:
         self._manager = manager
         self._inst = inst
         self.engine = engine
         self._phase = Phase.WAITING
+        # The request waited for its model to load (it loaded just in time for it).
+        self.load_seconds = inst.load_seconds if waited else None
 
     @property
     def identifier(self) -> str:
@@ -387,9 +391,10 @@ class ModelManager:
         inst.in_flight += 1
         self._wake.set()
         lease: Lease | None = None
+        waited = inst.state is State.LOADING
         try:
             await asyncio.shield(inst.loaded)
-            lease = Lease(self, inst, self._engine_of_loaded(inst))
+            lease = Lease(self, inst, self._engine_of_loaded(inst), waited=waited)
             yield lease
         finally:
             if lease is not None:

@@ -20,6 +20,7 @@ from daemon.compat.errors import ErrorInfo
 from daemon.compat.fields import in_range, optional, required
 from daemon.engines.base import GenerationParams
 from daemon.errors import InvalidRequest
+from daemon.instance import LoadRequest
 from daemon.model_keys import bits_per_weight
 from daemon.prediction.types import (
     Message,
@@ -133,6 +134,7 @@ class ParsedChat:
             messages=conversation(history, self.system_prompt, self.input),
             params=self.params,
             ttl=self.ttl,
+            load=LoadRequest(context_length=self.context_length),
             separate_reasoning=True,  # v1 always reports reasoning as its own output item
         )
 

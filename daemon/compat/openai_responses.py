@@ -362,12 +362,12 @@ def answer_message(done: PredictionDone) -> Message:
 
 
 def usage(done: PredictionDone) -> dict[str, Any]:
-    """Token counts. cached_tokens: 0, the engine does not report its prompt cache reuse;
+    """Token counts. cached_tokens: prompt tokens reused from the slot's prompt cache;
     reasoning_tokens: 0, thinking is counted in output_tokens but not apart."""
     stats = done.stats
     return {
         "input_tokens": stats.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": stats.cached_tokens},
         "output_tokens": stats.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,

@@ -2,10 +2,7 @@
 translators (daemon/compat/lmstudio_v1.py) around the catalog, the manager and the
 prediction service. `/api/v1/models/load|unload` live in lifecycle_routes.py."""
 
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -15,7 +12,7 @@ from daemon.http import sse
 from daemon.http.errors import error_info, read_json_object
 from daemon.http.keys import CONVERSATIONS, MANAGER, MODELS, PREDICTIONS
 from daemon.http.routes import INFERENCE, Route
-from daemon.instance import Instance, LoadRequest, State
+from daemon.instance import Instance, State
 from daemon.prediction.conversations import new_response_id
 from daemon.prediction.types import (
     Message,
@@ -51,34 +48,6 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"models": models})
 
 
-async def _is_loaded(request: web.Request, name: str) -> bool:
-    """Whether a usable instance answers to `name` already (no load would happen)."""
-    manager = request.app[MANAGER]
-    if any(i.usable and i.identifier == name for i in manager.instances()):
-        return True
-    try:
-        record = await request.app[MODELS].resolve(name)
-    except LmsError:
-        return False  # the prediction reports the unknown name in its own words
-    return bool(manager.loaded_paths().get(record.path))
-
-
-@contextlib.asynccontextmanager
-async def _jit_load(request: web.Request, parsed: v1.ParsedChat) -> AsyncIterator[float | None]:
-    """Loads the model just in time with the request's `context_length`, holding it for
-    the request; yields the load's seconds (None when it was loaded already)."""
-    if await _is_loaded(request, parsed.model):
-        yield None
-        return
-    manager = request.app[MANAGER]
-    load = LoadRequest(context_length=parsed.context_length)
-    started = time.monotonic()
-    async with manager.lease(parsed.model, ttl=parsed.ttl, request=load) as lease:
-        loaded = next((i for i in manager.instances() if i.identifier == lease.identifier), None)
-        seconds = loaded.load_seconds if loaded is not None else time.monotonic() - started
-        yield seconds
-
-
 async def chat(request: web.Request) -> web.StreamResponse:
     parsed = v1.parse_chat(await read_json_object(request))
     store = request.app[CONVERSATIONS]
@@ -86,11 +55,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if parsed.previous_response_id is not None:
         history = store.get(parsed.previous_response_id).messages
     prediction = parsed.prediction(history)
-    async with (
-        _jit_load(request, parsed) as load_seconds,
-        request.app[PREDICTIONS].predict(prediction) as run,
-    ):
+    async with request.app[PREDICTIONS].predict(prediction) as run:
         instance_id = run.model.identifier
+        load_seconds = run.model.load_seconds
         stream = v1.EventStream(instance_id)
 
         def result(done: PredictionDone) -> dict[str, object]:

@@ -30,6 +30,7 @@ from daemon.engines.base import (
 )
 from daemon.errors import InvalidRequest, LmsError
 from daemon.events import EventBus, done_stats, prediction_input, prediction_output
+from daemon.instance import LoadRequest
 from daemon.manager import Lease, ModelManager, Phase
 from daemon.metrics import Metrics
 from daemon.prediction import reasoning, tools
@@ -75,7 +76,8 @@ class PredictionService:
 
     @contextlib.asynccontextmanager
     async def predict(self, prediction: Prediction) -> AsyncIterator[PredictionRun]:
-        async with self._manager.lease(prediction.model, ttl=prediction.ttl) as lease:
+        load = prediction.load or LoadRequest()
+        async with self._manager.lease(prediction.model, ttl=prediction.ttl, request=load) as lease:
             _require_llm(lease)
             request, parser = _engine_request(lease, prediction)
             separate = prediction.separate_reasoning
@@ -237,6 +239,7 @@ def model_used(lease: Lease) -> ModelUsed:
         runtime_version=info.runtime_version,
         supported_formats=tuple(info.supported_formats),
         device="GPU" if info.n_gpu_layers else "CPU",
+        load_seconds=lease.load_seconds,
     )
 
 

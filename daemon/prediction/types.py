@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from daemon.engines.base import DoneEvent, GenerationParams, StopReason, TokenEvent
 from daemon.errors import LmsError
+from daemon.instance import LoadRequest
 
 Role = Literal["system", "user", "assistant", "tool"]
 ToolMode = Literal["none", "auto", "required"]
@@ -96,6 +97,7 @@ class Prediction:
     tools: ToolSetup | None = None
     structured: dict[str, Any] | None = None  # {"schema": ...} (see GenerationParams)
     ttl: float | None = None  # idle TTL for a just-in-time load, seconds
+    load: LoadRequest | None = None  # settings for a just-in-time load (context length...)
     # Reasoning (<think>…</think>) as ReasoningFragments, or left inline in the text;
     # None: the daemon's `separate_reasoning` setting.
     separate_reasoning: bool | None = None
@@ -130,6 +132,7 @@ class ModelUsed:
     runtime_version: str
     supported_formats: tuple[str, ...]
     device: str  # "CPU" or "GPU"
+    load_seconds: float | None = None  # the model was loaded for this request, this long
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,11 @@ def test_previous_response_id_chains(client: openai.OpenAI) -> None:
     )
     assert second.previous_response_id == first.id
     assert second.usage is not None and first.usage is not None
-    # The stored conversation goes first: the second prompt is longer than its own input.
+    # The stored conversation goes first: the second prompt is longer than its own input,
+    # and the part the first turn already read comes from the slot's prompt cache.
     assert second.usage.input_tokens > first.usage.input_tokens
+    cached = second.usage.input_tokens_details.cached_tokens
+    assert first.usage.input_tokens - 1 <= cached < second.usage.input_tokens
     with pytest.raises(openai.NotFoundError):
         client.responses.create(
             model=MODEL, input="x", previous_response_id="resp_unknown", max_output_tokens=4
