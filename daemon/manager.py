@@ -108,6 +108,12 @@ class LoadPlan:
         return self.estimate.total_bytes <= self.allowed_bytes
 
 
+def worker_memory_ceiling(estimate_bytes: int) -> int:
+    """A worker's memory ceiling (LoadSpec.memory_limit_bytes): its estimate plus a
+    generous margin, so that only a runaway request reaches it (docs/engines.md)."""
+    return max(2 * estimate_bytes, estimate_bytes + 2**30)
+
+
 class ModelManager:
     def __init__(
         self,
@@ -303,6 +309,11 @@ class ModelManager:
                 parallel=plan.config.parallel,
                 embedding=plan.record.type == "embeddings",
                 mmproj_path=str(plan.record.mmproj) if plan.record.mmproj else None,
+                memory_limit_bytes=(
+                    None
+                    if force or self.settings.guardrail == "off"
+                    else worker_memory_ceiling(plan.estimate.total_bytes)
+                ),
             )
             engine = await self._starter(spec, self._engine_exited)
         except BaseException as exc:

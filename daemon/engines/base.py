@@ -45,6 +45,9 @@ class LoadSpec:
     mmproj_path: str | None = None
     verbose: bool = False  # let the engine's own logging through (to the daemon's debug log)
     in_process: bool = False  # run on a thread of the daemon (inprocess.py), not a worker
+    # The worker process's memory ceiling (RLIMIT_DATA: its private memory; mmap'ed
+    # weights do not count); None: no ceiling. Not applied to an in-process engine.
+    memory_limit_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

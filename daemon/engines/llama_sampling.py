@@ -17,6 +17,11 @@ from daemon.engines.base import GenerationParams
 from daemon.errors import InvalidRequest
 
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back over
+# The largest grammar a request may bring: the daemon bounds the JSON schema first
+# (daemon/prediction/schema_limits.py); this stops whatever it lets through. A 1 MB
+# grammar is converted and parsed in about 0.1 s, during which this worker's other
+# slots wait.
+MAX_GRAMMAR_BYTES = 1024 * 1024
 
 
 def structured_grammar(structured: dict[str, Any]) -> str:
@@ -44,6 +49,18 @@ def structured_grammar(structured: dict[str, Any]) -> str:
     )
     root = f"root ::= ({item} [ \\t\\n]*)+" if structured.get("repeat") else f"root ::= {item}"
     return f"{root}\n{rules}"
+
+
+def check_grammar_size(gbnf: str) -> None:
+    """Refuses (400) a grammar over MAX_GRAMMAR_BYTES before llama.cpp parses it."""
+    size = len(gbnf.encode("utf-8"))
+    if size > MAX_GRAMMAR_BYTES:
+        raise InvalidRequest(
+            f"the JSON schema is too large for structured output: its grammar is {size} "
+            f"bytes, above the limit of {MAX_GRAMMAR_BYTES} bytes",
+            param="response_format",
+            code="schema_too_large",
+        )
 
 
 class Sampler:
@@ -74,6 +91,7 @@ class Sampler:
             if params.structured is not None:
                 gbnf = structured_grammar(params.structured)
             if gbnf is not None:
+                check_grammar_size(gbnf)
                 grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
                 if not grammar:
                     raise InvalidRequest("the grammar is not valid GBNF", param="grammar")

@@ -124,8 +124,9 @@ class Cancels:
 
 
 class WorkerServer:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, *, own_process: bool = False) -> None:
         self.channel = channel
+        self.own_process = own_process  # a worker process: the spec's memory ceiling applies
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.cancels = Cancels()
         self.engine: Engine | None = None
@@ -193,6 +194,8 @@ class WorkerServer:
             return True
         try:
             spec = LoadSpec.from_dict(message["spec"])
+            if self.own_process and spec.memory_limit_bytes:
+                limit_memory(spec.memory_limit_bytes)
             engine = load_engine_class(spec.engine)()
             info = engine.load(spec)
         except LoadFailed as exc:
@@ -332,6 +335,20 @@ def read_loop(server: WorkerServer, sock: socket.socket) -> None:
     os._exit(0)
 
 
+def limit_memory(limit_bytes: int) -> None:
+    """The worker's memory ceiling: RLIMIT_DATA, which on Linux counts private writable
+    memory (the heap, anonymous mappings, thread stacks) but not file-backed mappings
+    such as mmap'ed weights. Past it an allocation fails: Python raises MemoryError (the
+    request, or the load, fails with "out of memory"), a native library may abort (the
+    daemon reports the crash); either way this process alone, not the machine."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = limit_bytes if hard == resource.RLIM_INFINITY else min(limit_bytes, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    except (ValueError, OSError) as exc:  # not supported here: run without a ceiling
+        log.warning("cannot set the worker's memory ceiling: %s", exc)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL us when the daemon dies; exit if it already has."""
     if sys.platform.startswith("linux"):
@@ -357,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     sock = socket.socket(fileno=args.fd)
-    server = WorkerServer(SocketChannel(sock))
+    server = WorkerServer(SocketChannel(sock), own_process=True)
     threading.Thread(
         target=read_loop, args=(server, sock), daemon=True, name="worker-reader"
     ).start()

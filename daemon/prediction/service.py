@@ -33,7 +33,7 @@ from daemon.events import EventBus, done_stats, prediction_input, prediction_out
 from daemon.instance import LoadRequest
 from daemon.manager import Lease, ModelManager, Phase
 from daemon.metrics import Metrics
-from daemon.prediction import reasoning, tools
+from daemon.prediction import reasoning, schema_limits, tools
 from daemon.prediction.types import (
     EmbeddingRequest,
     Message,
@@ -285,7 +285,9 @@ def _engine_request(
     lease: Lease, prediction: Prediction
 ) -> tuple[GenerationRequest, tools.ToolCallParser | None]:
     """The engine request, with tools wired in: through the model's template when it
-    handles tools, else LM Studio's default format; `required` by grammar."""
+    handles tools, else LM Studio's default format; `required` by grammar. A schema that
+    becomes a grammar is bounded first (schema_limits)."""
+    schema_limits.check_structured(prediction.structured, param="response_format")
     if prediction.prompt is not None:
         params = replace(prediction.params, structured=prediction.structured)
         return CompletionRequest(prediction.prompt, params), None
@@ -305,6 +307,8 @@ def _engine_request(
         if setup.mode == "required"
         else prediction.structured
     )
+    if setup.mode == "required":
+        schema_limits.check_structured(structured, param="tools")
     params = replace(prediction.params, structured=structured)
     parser = tools.ToolCallParser(setup.names, bare=setup.mode == "required")
     if native:
