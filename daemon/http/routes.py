@@ -3,14 +3,16 @@
 (security.py) enforces each one's level. docs/security.md states the same table (a test
 compares the two).
 
-Levels, over TCP (the owner-only Unix socket may call everything):
+Levels, over TCP (the owner-only Unix socket may call everything). TCP on loopback is
+open to every user of the machine, so whatever reveals the owner's data or changes the
+daemon's state needs a key there (docs/security.md, "Threat model"):
 
 - PUBLIC     anyone who reaches the port, never a key (LM Studio's greeting, health)
 - INFERENCE  a key of any scope when keys are required (`require_api_key`, or keys
              exist and the server listens beyond loopback); open otherwise
-- MANAGE     an admin key when keys are required; open otherwise (LM Studio's own
-             load/unload API, and the listings `lms` reads)
-- ADMIN      an admin key, always (daemon control: shutdown, listener, settings)
+- KEY        a key of any scope, always (metrics: the owner's traffic, for a scraper)
+- ADMIN      an admin key, always (daemon control, loading and unloading, the log
+             stream, the instances and the admin model listing `lms` reads)
 - LOCAL      never: the Unix socket only (API keys, importing files on this machine)
 """
 
@@ -26,14 +28,14 @@ from daemon.compat.errors import ErrorShape, openai_error
 class Access(enum.Enum):
     PUBLIC = "public"
     INFERENCE = "inference"
-    MANAGE = "manage"
+    KEY = "key"
     ADMIN = "admin"
     LOCAL = "local"
 
 
 PUBLIC = Access.PUBLIC
 INFERENCE = Access.INFERENCE
-MANAGE = Access.MANAGE
+KEY = Access.KEY
 ADMIN = Access.ADMIN
 LOCAL = Access.LOCAL
 

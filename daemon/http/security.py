@@ -4,8 +4,9 @@
 - DNS-rebinding protection: while bound to loopback, a request whose `Host` is not a
   loopback name is refused (403), as Ollama does;
 - the route's access level (routes.py): API keys (`Authorization: Bearer …` or
-  `x-api-key`) where keys are required (401 without one), admin-scoped keys for the
-  admin levels (403), and the Unix-socket-only routes refused (403);
+  `x-api-key`) where keys are required or the level always needs one (401 without one,
+  or with a wrong one), an admin-scoped key for the admin level (403 without one), and
+  the Unix-socket-only routes refused (403);
 - CORS: only origins on the allow-list (`*` for any) get CORS headers; a preflight from
   any other origin is refused (app.py).
 """
@@ -26,6 +27,7 @@ API_KEY = web.RequestKey("api_key", ApiKey)
 
 
 def host_name(header: str) -> str:
+    header = header.lower()  # host names are case-insensitive: LOCALHOST is localhost
     if header.startswith("["):
         return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
@@ -82,22 +84,25 @@ def _check_access(
     key = check(secret) if secret else None
     if key is not None:
         request[API_KEY] = key
-    if required and key is None:
+    route = f"{request.method} {request.path}"
+    if key is None and secret is not None and (required or access is not Access.INFERENCE):
+        raise Unauthorized("Incorrect API key provided")
+    if key is None and (required or access is Access.KEY):
         raise Unauthorized(
             "Missing API key: send `Authorization: Bearer <key>`"
-            if secret is None
-            else "Incorrect API key provided"
+            if access is Access.INFERENCE
+            else f"Missing API key: {route} needs {_NEEDS[access]}; "
+            "send `Authorization: Bearer <key>`"
         )
-    admin = key is not None and key.scope == "admin"
-    if required and key is not None and not admin and access in (Access.MANAGE, Access.ADMIN):
-        raise Forbidden(
-            f"{request.path} needs an admin-scoped API key; this key is {key.scope}-scoped"
-        )
-    if access is Access.ADMIN and not admin:
-        raise Forbidden(
-            f"{request.method} {request.path} needs the daemon's Unix socket (the `lms` CLI on "
-            "this machine) or an admin API key"
-        )
+    if access is Access.ADMIN and (key is None or key.scope != "admin"):
+        scoped = "" if key is None else f"; this key is {key.scope}-scoped"
+        raise Forbidden(f"{route} needs {_NEEDS[access]}{scoped}")
+
+
+_NEEDS = {
+    Access.KEY: "an API key of any scope (create one with `lms server key create`)",
+    Access.ADMIN: "the daemon's Unix socket (the `lms` CLI on this machine) or an admin API key",
+}
 
 
 def cors_allows(origins: Collection[str], origin: str) -> bool:

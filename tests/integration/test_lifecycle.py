@@ -4,7 +4,6 @@ loading, auto-evict, worker crashes, the memory guardrail, restore on restart.""
 import os
 import signal
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tests.support import (
     http_get,
     link_smollm2,
     post_json,
+    read_metrics,
     smollm2_file,
     wait_until,
 )
@@ -215,8 +215,7 @@ def test_worker_killed_mid_stream(server: str, lms: LmsRunner) -> None:
     assert chat(server, M)[0] == 200, "other instances keep answering"
     assert chat(server, A)[0] == 200, "the next request loads it again"
     assert loaded(lms)[A]["pid"] != pid
-    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
+    metrics = read_metrics(server, lms)
     assert "lmsd_worker_crashes_total 1.0" in metrics
     assert f'lmsd_generated_tokens_total{{model="{M}"}} 4.0' in metrics
 

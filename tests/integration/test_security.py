@@ -128,11 +128,14 @@ def test_cors_allow_list_from_the_cli(lms: LmsRunner, free_port: int) -> None:
 def test_metrics_count_requests(lms: LmsRunner, free_port: int) -> None:
     lms("server", "start", "--port", str(free_port), check=True)
     url = f"http://127.0.0.1:{free_port}"
-    assert request(f"{url}/metrics")[0] == 404, "off by default"
+    assert request(f"{url}/metrics")[0] == 401, "a key, always"
+    key = bearer(lms("server", "key", "create", check=True).stdout.strip())
+    assert request(f"{url}/metrics", headers=key)[0] == 404, "off by default"
     lms("server", "config", "set", "metrics", "true", check=True)
     for _ in range(3):
         assert request(f"{url}/v1/models")[0] == 200
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+    metrics = urllib.request.Request(f"{url}/metrics", headers=key)
+    with urllib.request.urlopen(metrics, timeout=10) as response:
         text = response.read().decode()
     assert 'lmsd_http_requests_total{endpoint="/v1/models",status="200"} 3.0' in text
     assert "lmsd_loaded_instances 0.0" in text

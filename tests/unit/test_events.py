@@ -307,7 +307,8 @@ async def served(aiohttp_client: Any, tmp_path: Path) -> tuple[TestClient[Any, A
     control = FakeControl(tmp_path)
     core = Core(control.settings, data_dir=tmp_path, state_dir=tmp_path)
     app: web.Application = create_app(control, core)
-    return await aiohttp_client(app), core.events
+    _, admin = control.keys.create("ops", "admin")  # the log stream needs one over TCP
+    return await aiohttp_client(app, headers={"Authorization": f"Bearer {admin}"}), core.events
 
 
 async def test_the_route_streams_ndjson_until_the_bus_closes(

@@ -14,7 +14,7 @@ from daemon.http.errors import classify
 from daemon.http.routes import ACCESS
 from daemon.server import Daemon
 from lms.api.version import API_VERSION, API_VERSION_HEADER
-from tests.inprocess import Client, running_daemon, sse_events
+from tests.inprocess import Client, admin_headers, running_daemon, sse_events
 
 CHAT = [{"role": "user", "content": "hello there friend"}]
 WEATHER_TOOL = {
@@ -337,7 +337,8 @@ async def test_lms_ps_follows_a_stream_and_a_disconnect_ends_it(
     body = {"model": "endless", "messages": CHAT, "stream": True, "max_tokens": 100_000}
     response = await client.post("/v1/chat/completions", json=body)
     await response.content.readline()
-    [instance] = await (await client.get("/api/admin/instances")).json()
+    admin = admin_headers(daemon)
+    [instance] = await (await client.get("/api/admin/instances", headers=admin)).json()
     assert instance["identifier"] == "endless" and instance["origin"] == "jit"
     assert (instance["status"], instance["inFlight"]) == ("generating", 1)
     assert instance["pid"] is None, "the fake runs in the daemon's process"
@@ -348,7 +349,7 @@ async def test_lms_ps_follows_a_stream_and_a_disconnect_ends_it(
             break
         await asyncio.sleep(0.01)
     assert (inst.in_flight, inst.generating, inst.prompt_processing) == (0, 0, 0)
-    [instance] = await (await client.get("/api/admin/instances")).json()
+    [instance] = await (await client.get("/api/admin/instances", headers=admin)).json()
     assert instance["status"] == "idle"
 
 

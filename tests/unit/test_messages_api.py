@@ -593,7 +593,9 @@ async def test_an_unknown_model_is_not_found(client: Client) -> None:
 
 
 async def test_bad_json_and_embedding_models_are_invalid_requests(client: Client) -> None:
-    response = await client.post("/v1/messages", data=b"{nope")
+    response = await client.post(
+        "/v1/messages", data=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     assert (await response.json())["error"]["type"] == "invalid_request_error"
     status, answer = await post(client, "/v1/messages", body(model="text-embedding-embedder"))

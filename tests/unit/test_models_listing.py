@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from daemon.server import Daemon
-from tests.inprocess import Client, running_daemon
+from tests.inprocess import Client, admin_headers, running_daemon
 
 
 @pytest.fixture
@@ -20,7 +20,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, daemon: Daemon) -> Client:
-    return await aiohttp_client(daemon.app)  # type: ignore[no-any-return]
+    # An admin key for load/unload and the instances; the listings need none.
+    return await aiohttp_client(daemon.app, headers=admin_headers(daemon))  # type: ignore[no-any-return]
 
 
 async def get(client: Client, path: str) -> tuple[int, Any]:
@@ -94,7 +95,7 @@ async def test_v1_models_list_loaded_identifiers(client: Client) -> None:
 
 async def test_v1_models_without_jit_list_only_loaded(aiohttp_client: Any, tmp_path: Path) -> None:
     async with running_daemon(tmp_path, jit_loading=False) as daemon:
-        client = await aiohttp_client(daemon.app)
+        client = await aiohttp_client(daemon.app, headers=admin_headers(daemon))
         assert (await get(client, "/v1/models"))[1]["data"] == []
         status, error = await get(client, "/v1/models/echo")
         assert status == 404 and error["error"]["code"] == "model_not_found"

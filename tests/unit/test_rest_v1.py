@@ -21,7 +21,7 @@ from daemon.prediction.types import (
     TextPart,
 )
 from daemon.server import Daemon
-from tests.inprocess import Client, running_daemon
+from tests.inprocess import Client, admin_headers, running_daemon
 
 DONE = DoneEvent(StopReason.EOS, 7, 5, 0.1234, 0.5, 10.0)
 
@@ -236,7 +236,7 @@ async def named_events(response: Any) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-async def test_models_before_and_after_a_load(client: Client) -> None:
+async def test_models_before_and_after_a_load(client: Client, daemon: Daemon) -> None:
     response = await client.get("/api/v1/models")
     assert response.status == 200
     models = {m["key"]: m for m in (await response.json())["models"]}
@@ -253,7 +253,9 @@ async def test_models_before_and_after_a_load(client: Client) -> None:
     assert "capabilities" not in embedder
 
     load = await client.post(
-        "/api/v1/models/load", json={"model": "echo", "context_length": 512, "parallel": 3}
+        "/api/v1/models/load",
+        json={"model": "echo", "context_length": 512, "parallel": 3},
+        headers=admin_headers(daemon),
     )
     assert load.status == 200, await load.text()
     response = await client.get("/api/v1/models")
@@ -392,7 +394,9 @@ async def test_chat_errors_in_v1_shape(client: Client) -> None:
     )
     assert response.status == 404
     assert (await response.json())["error"]["type"] == "invalid_request"
-    response = await client.post("/api/v1/chat", data=b"{not json")
+    response = await client.post(
+        "/api/v1/chat", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     assert (await response.json())["error"]["type"] == "invalid_request"
     response = await client.post(
