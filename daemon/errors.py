@@ -7,7 +7,8 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     ├── StartupError           the daemon cannot start (port in use, unwritable dir, ...)
     │   └── AlreadyRunning     another daemon holds the lock
     ├── InvalidRequest         a request the client must fix (400)
-    │   └── PayloadTooLarge    body over the limit (413)
+    │   ├── PayloadTooLarge    body over the limit (413)
+    │   └── UnsupportedMediaType  a JSON body sent without a JSON Content-Type (415)
     ├── NotFound               no such route or resource (404)
     │   ├── ModelNotFound      no such model (404, code model_not_found)
     │   └── ModelNotLoaded     on disk but not loaded, and JIT loading is off (404)
@@ -17,6 +18,7 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     │   ├── UnknownEngine      no engine by that name
     │   └── CrashedWhileLoading  its worker died while loading it (502, like WorkerCrashed)
     ├── WorkerCrashed          a model's worker process died; names the signal/exit code
+    ├── StateNotSaved          a change could not be written to disk; it was not made (500)
     ├── ModelUnloaded          the model was unloaded while a request was using it
     ├── EngineError            an engine failed one request; its worker lives on
     ├── ProtocolError          a malformed frame on a worker's private socket
@@ -54,6 +56,10 @@ class InvalidRequest(LmsError):
 
 
 class PayloadTooLarge(InvalidRequest):
+    pass
+
+
+class UnsupportedMediaType(InvalidRequest):
     pass
 
 
@@ -118,6 +124,15 @@ class WorkerCrashed(LmsError):
         super().__init__(f"{where} died: {reason}")
 
 
+class StateNotSaved(LmsError):
+    """A change could not be written to disk (folder full, read-only, not a folder); the
+    change was not made. Names the file and the cause."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = "state_not_saved"
+
+
 class ModelUnloaded(LmsError):
     """The model was unloaded (its worker shut down) while this request was running."""
 
@@ -133,11 +148,14 @@ class ProtocolError(LmsError):
 class ContextOverflow(InvalidRequest):
     """The prompt does not fit the loaded context; carries both numbers."""
 
-    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+    def __init__(self, prompt_tokens: int, context_length: int, *, at_least: bool = False):
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+        self.at_least = at_least
+        # at_least: counted without tokenizing (a lower bound), see check_prompt_size.
+        size = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
         super().__init__(
-            f"the prompt is {prompt_tokens} tokens, which does not fit the model's loaded "
+            f"the prompt is {size} tokens, which does not fit the model's loaded "
             f"context of {context_length} tokens; shorten the prompt or load the model "
             "with a longer context",
             code="context_length_exceeded",

@@ -248,7 +248,9 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
 def parse_tools(tools: Any, tool_choice: Any) -> ToolSetup | None:
     """Anthropic's tools -> the template shape; tool_choice -> the mode and names."""
     if tool_choice is not None and (
-        not isinstance(tool_choice, dict) or tool_choice.get("type") not in TOOL_CHOICES
+        not isinstance(tool_choice, dict)
+        or not isinstance(tool_choice.get("type"), str)
+        or tool_choice["type"] not in TOOL_CHOICES
     ):
         raise _invalid(
             '\'tool_choice\' must be {"type": "auto"}, {"type": "any"}, '

@@ -142,7 +142,7 @@ def parse_input(raw: Any) -> tuple[Message, ...]:
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
-            if role not in INPUT_ROLES:
+            if isinstance(role, list | dict) or role not in INPUT_ROLES:
                 raise _bad(
                     f"'{where}.role' must be one of {', '.join(sorted(INPUT_ROLES))}",
                     f"{where}.role",

@@ -148,7 +148,7 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
         if not isinstance(message, dict):
             raise InvalidRequest(f"'{where}' must be an object", param="messages")
         role = message.get("role")
-        if role not in ROLES:
+        if isinstance(role, list | dict) or role not in ROLES:  # JSON: the unhashables
             raise InvalidRequest(
                 f"'{where}.role' must be one of {', '.join(sorted(ROLES))}",
                 param=f"{where}.role",
@@ -199,15 +199,17 @@ def parse_params(body: dict[str, Any], *, allow_n: bool = False) -> GenerationPa
     in_range("frequency_penalty", frequency, -2, 2)
     repeat = optional(body, "repeat_penalty", float)
     in_range("repeat_penalty", repeat, 0, 10)
-    max_tokens = optional(body, "max_tokens", int)
+    limit_name = "max_tokens"
+    max_tokens = optional(body, limit_name, int)
     if max_tokens is None:
-        max_tokens = optional(body, "max_completion_tokens", int)
-    if max_tokens is not None and max_tokens < 0:
+        limit_name = "max_completion_tokens"
+        max_tokens = optional(body, limit_name, int)
+    if max_tokens == -1:
         max_tokens = None  # LM Studio's -1: until the end of sequence or context
-    elif max_tokens == 0:
+    elif max_tokens is not None and max_tokens < 1:
         raise InvalidRequest(
-            "'max_tokens' must be at least 1 (or -1 for no limit)",
-            param="max_tokens",
+            f"'{limit_name}' must be at least 1 (or -1 for no limit)",
+            param=limit_name,
             code="invalid_value",
         )
     stop = optional(body, "stop", str, list)

@@ -15,6 +15,7 @@ from daemon.http import (
     rest_v1_routes,
     settings_routes,
 )
+from daemon.http.browsers import browser_middleware
 from daemon.http.control import DaemonControl
 from daemon.http.errors import Handler, error_middleware, error_response
 from daemon.http.keys import (
@@ -26,7 +27,8 @@ from daemon.http.keys import (
     MODELS,
     PREDICTIONS,
 )
-from daemon.http.routes import INFERENCE, Route, register
+from daemon.http.openapi import OPENAPI_PATH, openapi
+from daemon.http.routes import KEY, PUBLIC, Route, register
 from daemon.http.security import access_middleware, cors_allows
 from daemon.metrics import CONTENT_TYPE
 from lms.api.version import API_VERSION, API_VERSION_HEADER
@@ -105,6 +107,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
             metrics_middleware,
             cors_preflight_middleware,
             error_middleware,
+            browser_middleware,
             access_middleware,
         ],
     )
@@ -119,7 +122,8 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
     register(
         app,
         [
-            Route("GET", "/metrics", metrics_route, INFERENCE),
+            Route("GET", "/metrics", metrics_route, KEY),
+            Route("GET", OPENAPI_PATH, openapi, PUBLIC),
             *admin_routes.routes(),
             *models_routes.routes(),
             *inference_routes.routes(),

@@ -1,7 +1,9 @@
 """The one table that maps domain errors to HTTP statuses and the OpenAI error envelope,
 and the middleware that applies it to every route (unknown routes included)."""
 
+import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from daemon.errors import (
     ServerBusy,
     StartupError,
     Unauthorized,
+    UnsupportedMediaType,
     WorkerCrashed,
 )
 from daemon.http.routes import error_shape_of
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 # error class -> (HTTP status, OpenAI error type, default code); looked up along the MRO.
 ERROR_TABLE: dict[type[LmsError], tuple[int, str, str | None]] = {
     PayloadTooLarge: (413, "invalid_request_error", "payload_too_large"),
+    UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type"),
     InvalidRequest: (400, "invalid_request_error", None),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     NotFound: (404, "invalid_request_error", "not_found"),
@@ -127,10 +131,83 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413 that says what is wrong."""
-    import json
+JSON_MEDIA_TYPE = "application/json"
+MAX_JSON_DEPTH = 64  # objects and arrays inside one another; real requests use a dozen
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json`, or any `type/subtype+json` (parameters already stripped)."""
+    media = content_type.strip().lower()
+    return media == JSON_MEDIA_TYPE or ("/" in media and media.endswith("+json"))
+
+
+def _json_path(parts: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(the body)"
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def check_json_value(body: Any) -> None:
+    """Refuse a parsed JSON value nested more than MAX_JSON_DEPTH deep or holding a lone
+    UTF-16 surrogate (`"\\ud800"`: valid JSON, but no UTF-8 text can carry it; a pair
+    is decoded into one character), without recursion."""
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(body, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if isinstance(value, str):
+            if _has_surrogate(value):
+                raise _lone_surrogate(value, path)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and _has_surrogate(key):
+                raise _lone_surrogate(key, path)
+            stack.append((item, depth + 1, (*path, key)))
+
+
+def _lone_surrogate(text: str, path: tuple[str | int, ...]) -> InvalidRequest:
+    found = _SURROGATE.search(text)
+    code_point = f"\\u{ord(found.group()):04x}" if found else "a surrogate"
+    where = _json_path(path)
+    return InvalidRequest(
+        f"The request body holds a lone UTF-16 surrogate ({code_point}) in {where}: "
+        "a \\ud800-\\udfff escape must be half of a pair; send valid Unicode text",
+        param=None if where == "(the body)" else where,
+        code="invalid_unicode",
+    )
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of "
+        "objects and arrays",
+        code="json_too_deep",
+    )
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413/415 that says what is wrong: it must
+    come with a JSON Content-Type (so that a browser has to preflight it), parse, be an
+    object, nest at most MAX_JSON_DEPTH deep and hold only valid Unicode text."""
+    if "Content-Type" not in request.headers or not is_json_media_type(request.content_type):
+        sent = request.headers.get("Content-Type")
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type {sent!r}; send the JSON body with "
+            f"`Content-Type: {JSON_MEDIA_TYPE}`"
+            if sent is not None
+            else f"No Content-Type; send the JSON body with `Content-Type: {JSON_MEDIA_TYPE}`",
+            code="unsupported_media_type",
+        )
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -139,8 +216,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidRequest("The request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
+    check_json_value(body)
     return body

@@ -10,6 +10,8 @@ from daemon.compat.errors import ErrorInfo
 from daemon.http.errors import error_middleware, read_json_object
 from daemon.http.routes import INFERENCE, Route, register
 
+JSON = {"Content-Type": "application/json"}
+
 
 async def echo(request: web.Request) -> web.Response:
     return web.json_response(await read_json_object(request))
@@ -35,7 +37,7 @@ async def test_bad_bodies_are_400(client: TestClient[Any, Any], body: bytes, mes
 
 
 async def test_oversized_body_is_413(client: TestClient[Any, Any]) -> None:
-    response = await client.post("/echo", data=b'{"a": "' + b"x" * 4096 + b'"}')
+    response = await client.post("/echo", data=b'{"a": "' + b"x" * 4096 + b'"}', headers=JSON)
     assert response.status == 413
     payload = await response.json()
     assert payload["error"]["code"] == "payload_too_large"
@@ -60,12 +62,12 @@ async def test_a_route_writes_errors_in_its_surface_s_shape(aiohttp_client: Any)
         ],
     )
     client = await aiohttp_client(app)
-    response = await client.post("/plain", data=b"{not json")
+    response = await client.post("/plain", data=b"{not json", headers=JSON)
     assert response.status == 400
     assert (await response.json())["kind"] == "error"
-    response = await client.post("/plain", data=b'{"a": "' + b"x" * 4096 + b'"}')
+    response = await client.post("/plain", data=b'{"a": "' + b"x" * 4096 + b'"}', headers=JSON)
     assert (response.status, (await response.json())["status"]) == (413, 413)
-    response = await client.post("/openai", data=b"{not json")
+    response = await client.post("/openai", data=b"{not json", headers=JSON)
     assert (await response.json())["error"]["type"] == "invalid_request_error"
     response = await client.get("/nope")  # unknown routes answer in OpenAI's shape
     assert (await response.json())["error"]["code"] == "unknown_route"
