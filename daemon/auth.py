@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.errors import InvalidRequest, NotFound
-from daemon.fsutil import atomic_write_text
+from daemon.errors import InvalidRequest, NotFound, StateNotSaved
+from daemon.fsutil import atomic_write_text, os_reason
 from lms.api.settings import KeyInfo
 
 Scope = Literal["inference", "admin"]
@@ -60,8 +60,16 @@ class KeyStore:
             raise InvalidRequest(f"cannot read the API keys in {self.path}: {exc}") from exc
         return [ApiKey(**item) for item in raw]
 
-    def _save(self) -> None:
-        atomic_write_text(self.path, json.dumps([asdict(k) for k in self._keys], indent=2))
+    def _commit(self, keys: list[ApiKey]) -> None:
+        """Write `keys` to disk, then make them the keys in use: all or nothing, so a key
+        is never usable only until a restart, nor revoked only until one."""
+        try:
+            atomic_write_text(self.path, json.dumps([asdict(k) for k in keys], indent=2))
+        except OSError as exc:
+            raise StateNotSaved(
+                f"cannot save the API keys in {self.path}: {os_reason(exc)}; nothing changed"
+            ) from exc
+        self._keys = keys
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -78,15 +86,13 @@ class KeyStore:
         if any(k.name == name for k in self._keys):
             raise InvalidRequest(f"a key named {name!r} exists already", param="name")
         key = ApiKey(key_id, name, scope, _digest(secret), time.time(), secret[:8] + "…")
-        self._keys.append(key)
-        self._save()
+        self._commit([*self._keys, key])
         return key, secret
 
     def revoke(self, id_or_name: str) -> ApiKey:
         for key in self._keys:
             if id_or_name in (key.id, key.name):
-                self._keys.remove(key)
-                self._save()
+                self._commit([k for k in self._keys if k is not key])
                 return key
         raise NotFound(f"no API key with id or name {id_or_name!r}")
 

@@ -10,6 +10,7 @@ ConfigError naming the key and where the value came from.
 
 import dataclasses
 import json
+import math
 import os
 import types
 from collections.abc import Mapping
@@ -17,12 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, StateNotSaved
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GUARDRAILS = ("off", "relaxed", "balanced", "strict")
 ENGINE_CHOICES = ("auto", "fake")
 ENV_ALIASES = {"LMS_SERVER_HOST": "bind"}
+
+
+# The longest duration a setting may name (ten years): more is a typo or an overflow.
+MAX_SECONDS = 10 * 365 * 24 * 3600.0
+
+
+def _finite(value: Any) -> bool:
+    """Whether a number is one a duration can be: not NaN, not infinite, fits a float."""
+    try:
+        return math.isfinite(value)
+    except (OverflowError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,15 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        for name in ("shutdown_timeout", "jit_ttl"):
+            if not _finite(getattr(self, name)):
+                raise InvalidSetting(name, "must be a finite number of seconds")
+        if self.jit_ttl > MAX_SECONDS:
+            raise InvalidSetting("jit_ttl", f"must be at most {MAX_SECONDS:.0f} (ten years)")
+        if self.shutdown_timeout > MAX_SECONDS:
+            raise InvalidSetting(
+                "shutdown_timeout", f"must be at most {MAX_SECONDS:.0f} (ten years)"
+            )
         if not 0 <= self.port <= 65535:
             raise InvalidSetting("port", f"must be between 0 and 65535, got {self.port}")
         if self.log_level not in LOG_LEVELS:
@@ -193,6 +215,8 @@ def coerce(name: str, value: Any, source: str, *, from_text: bool = False) -> An
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
+        if not _finite(value):
+            raise ConfigError(f"{source}: {name!r} must be a finite number, got {value!r}")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
@@ -232,6 +256,8 @@ def _check_preload(value: Any, source: str) -> list[dict[str, Any]]:
                 float in kinds and numeric
             ):
                 raise ConfigError(f"{source}: 'preload[{i}].{key}' has the wrong type")
+            if numeric and float in kinds and not _finite(item):
+                raise ConfigError(f"{source}: 'preload[{i}].{key}' must be a finite number")
     return value
 
 
@@ -341,10 +367,11 @@ def load_settings(
 
 def save_setting(config_file: Path, key: str, value: Any) -> None:
     """Write one setting into the YAML config file, keeping the others (comments are not
-    kept). Atomic: the file is replaced, never half-written."""
+    kept). Atomic: the file is replaced, never half-written; StateNotSaved when it cannot
+    be written (the file is then as it was)."""
     import yaml
 
-    from daemon.fsutil import atomic_write_text
+    from daemon.fsutil import atomic_write_text, os_reason
 
     current: dict[str, Any] = {}
     try:
@@ -353,7 +380,16 @@ def save_setting(config_file: Path, key: str, value: Any) -> None:
             current = loaded
     except FileNotFoundError:
         pass
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
+        raise StateNotSaved(
+            f"cannot save {key!r} in the config file {config_file}: {os_reason(exc)}"
+        ) from exc
+    except yaml.YAMLError as exc:
         raise ConfigError(f"{config_file}: cannot update the config file: {exc}") from exc
     current[key] = value
-    atomic_write_text(config_file, yaml.safe_dump(current, sort_keys=False), mode=0o644)
+    try:
+        atomic_write_text(config_file, yaml.safe_dump(current, sort_keys=False), mode=0o644)
+    except OSError as exc:
+        raise StateNotSaved(
+            f"cannot save {key!r} in the config file {config_file}: {os_reason(exc)}"
+        ) from exc

@@ -18,3 +18,9 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o600) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's cause in words ("No space left on device"), with the path it names."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason

@@ -1,6 +1,7 @@
 """Loading and unloading: LM Studio's `/api/v1/models/load|unload` (what `lms load` and
 `lms unload` call) and the listing of loaded instances behind `lms ps`."""
 
+import math
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +12,7 @@ from daemon.compat.fields import optional, required
 from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
-from daemon.http.routes import MANAGE, Route
+from daemon.http.routes import ADMIN, Route
 from daemon.instance import Instance, LoadRequest
 from daemon.manager import ModelManager
 from lms.api import lifecycle as api
@@ -41,6 +42,13 @@ def _positive(body: dict[str, Any], name: str) -> int | None:
     return value  # type: ignore[no-any-return]
 
 
+def _ms(seconds: float | None) -> int | None:
+    """Seconds as whole milliseconds; None when unset or never (an infinite TTL)."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return int(seconds * 1000)
+
+
 def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> api.InstanceInfo:
     """One loaded instance, in the shape of LM Studio's `lms ps --json` plus our extras."""
     info = inst.engine.info if inst.engine is not None else None
@@ -52,8 +60,8 @@ def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> ap
         "state": inst.state.value,
         "status": inst.status,
         "origin": inst.origin,
-        "ttlMs": None if inst.ttl is None else int(inst.ttl * 1000),
-        "ttlRemainingMs": None if remaining is None else int(remaining * 1000),
+        "ttlMs": _ms(inst.ttl),
+        "ttlRemainingMs": _ms(remaining),
         "lastUsedTime": int(manager.last_used_epoch(inst) * 1000),
         "contextLength": inst.config.context_length,
         "parallel": inst.config.parallel,
@@ -101,7 +109,7 @@ async def load(request: web.Request) -> web.Response:
         model,
         load_request,
         identifier=identifier,
-        ttl=None if ttl is None or ttl == float("inf") else ttl,
+        ttl=None if ttl is None or math.isinf(ttl) else ttl,  # -1: never unload
         force=bool(optional(body, "force", bool)),
     )
     catalog = await request.app[MODELS].catalog()
@@ -168,8 +176,8 @@ def _ls(catalog: Catalog, record: ModelRecord) -> ModelInfo:
 
 def routes() -> list[Route]:
     return [
-        Route("POST", api.LOAD_PATH, load, MANAGE),
-        Route("POST", api.UNLOAD_PATH, unload, MANAGE),
-        Route("GET", api.INSTANCES_PATH, instances, MANAGE),
-        Route("GET", api.MATCH_PATH, match, MANAGE),
+        Route("POST", api.LOAD_PATH, load, ADMIN),
+        Route("POST", api.UNLOAD_PATH, unload, ADMIN),
+        Route("GET", api.INSTANCES_PATH, instances, ADMIN),
+        Route("GET", api.MATCH_PATH, match, ADMIN),
     ]

@@ -12,6 +12,7 @@ from lms.paths import resolve_paths
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_BAD_USAGE = 2  # what click uses for a bad option or argument
 # Fixed, so scripts can tell "the daemon is down" from other failures.
 EXIT_DAEMON_NOT_RUNNING = 3
 
@@ -20,7 +21,8 @@ HostOption = Annotated[
     typer.Option("--host", help="Reach a remote daemon over TCP at this host (no scheme)."),
 ]
 PortOption = Annotated[
-    int | None, typer.Option("--port", help="TCP port of a remote daemon (default 1234).")
+    int | None,
+    typer.Option("--port", min=1, max=65535, help="TCP port of a remote daemon (default 1234)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from lms.cli import output
-from lms.cli.common import JsonOption, handle_errors, local_client
+from lms.cli.common import EXIT_BAD_USAGE, JsonOption, handle_errors, local_client
+from lms.client import ApiError
 
 config_app = typer.Typer(
     help="Every server setting, persisted in the config file.", no_args_is_help=True
@@ -61,7 +62,14 @@ def set_(
     if value.startswith(("[", "{")):
         with contextlib.suppress(ValueError):
             sent = jsonlib.loads(value)
-    reply = local_client().set_config(key, sent)
+    try:
+        reply = local_client().set_config(key, sent)
+    except ApiError as exc:
+        if exc.status != 400:
+            raise
+        # The daemon refused the value itself (not a number, NaN, out of range): bad usage.
+        output.error(str(exc))
+        raise typer.Exit(EXIT_BAD_USAGE) from None
     if json:
         output.json_out(reply)
         return
@@ -79,6 +87,8 @@ def create(
     json: JsonOption = False,
 ) -> None:
     """Create an API key. It is shown once: store it now."""
+    if scope not in ("inference", "admin"):
+        raise typer.BadParameter("use inference or admin", param_hint="--scope")
     reply = local_client().create_key(name, scope)
     if json:
         output.json_out(reply)

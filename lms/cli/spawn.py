@@ -75,8 +75,13 @@ def _startup_failure(returncode: int) -> str:
         lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines()]
     except OSError:
         lines = []
-    # The daemon prints one `lmsd: ...` line that says why it could not start.
-    reasons = [line.removeprefix("lmsd: ") for line in lines if line.startswith("lmsd: ")]
+    # The daemon prints one `lmsd: error: ...` line that says why it could not start; the
+    # CLI says "Error: " itself, so the daemon's own "error: " is dropped.
+    reasons = [
+        line.removeprefix("lmsd: ").removeprefix("error: ")
+        for line in lines
+        if line.startswith("lmsd: ")
+    ]
     if reasons:
         return reasons[-1]
     tail = next((line for line in reversed(lines) if line), "")
