@@ -82,6 +82,7 @@ def import_model(
         raise InvalidRequest(f"unknown import mode {mode!r}", param="mode")
     source = Path(os.path.abspath(source))
     _check_source(source)
+
     user_repo = user_repo if user_repo is not None else default_user_repo(source)
     user, repo = parse_user_repo(user_repo)
     target = safe_model_path(models_dir, f"{user}/{repo}/{source.name}")
@@ -96,7 +97,8 @@ def import_model(
         _no_clobber(target, lambda: os.symlink(source.resolve(), target))
     elif mode == "hard-link":
         try:
-            _no_clobber(target, lambda: os.link(source, target))
+            # The file a symbolic link points to, never the link itself.
+            _no_clobber(target, lambda: os.link(source.resolve(), target))
         except OSError as exc:
             if exc.errno == errno.EXDEV:
                 raise InvalidRequest(
@@ -107,6 +109,8 @@ def import_model(
             raise
     elif mode == "copy":
         _copy_into_place(source, target, copy)
+    elif source.is_symlink():
+        warnings = _move_link(source, target)
     else:
         warnings = _move(source, target, copy)
     _fsync_dir(target.parent)
@@ -156,6 +160,20 @@ def _move(source: Path, target: Path, copy: CopyFn) -> tuple[str, ...]:
     except OSError as exc:
         return (f"imported, but could not remove {source}: {exc.strerror or exc}",)
     return ()
+
+
+def _move_link(source: Path, target: Path) -> tuple[str, ...]:
+    """Moving a symbolic link moves the link, not the file it points to: the models
+    folder gets a link to that file by its absolute path (a relative link would point
+    elsewhere from there), then the user's link is removed. The file stays put."""
+    pointed = source.resolve()
+    _no_clobber(target, lambda: os.symlink(pointed, target))
+    notes = (f"{source} is a symbolic link: the models folder now links to {pointed}",)
+    try:
+        source.unlink()
+    except OSError as exc:
+        return (*notes, f"imported, but could not remove {source}: {exc.strerror or exc}")
+    return notes
 
 
 def _copy_into_place(source: Path, target: Path, copy: CopyFn) -> None:

@@ -21,10 +21,11 @@ from daemon.auth import KeyStore
 from daemon.config import Settings, save_setting
 from daemon.core import Core
 from daemon.engines.handle import EngineStarter, start_engine
-from daemon.errors import StartupError
+from daemon.errors import LmsError, StartupError
 from daemon.events import EventLogHandler
 from daemon.fsutil import atomic_write_text
 from daemon.http.app import create_app
+from daemon.http.limits import HttpLimits, LimitedTCPSite, body_timeout_middleware
 from daemon.model_store import models_dirs_for
 from lms.api.admin import DaemonStatus, HttpListener
 from lms.api.version import API_VERSION, __version__
@@ -58,6 +59,7 @@ class Daemon:
         config_file: Path,
         *,
         starter: EngineStarter = start_engine,
+        limits: HttpLimits = HttpLimits(),
     ) -> None:
         self.settings = settings
         self.paths = paths
@@ -68,7 +70,10 @@ class Daemon:
         self.core = Core(
             settings, data_dir=paths.data_dir, state_dir=paths.state_dir, starter=starter
         )
+        self.limits = limits
         self.app = create_app(self, self.core)
+        # Innermost: the body is read (within its time limit) once access is granted.
+        self.app.middlewares.append(body_timeout_middleware(limits.body_timeout))
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
         self._stopping = asyncio.Event()
@@ -90,6 +95,8 @@ class Daemon:
             handler_cancellation=True,
             shutdown_timeout=self.settings.shutdown_timeout,
             access_log=logging.getLogger("aiohttp.access"),
+            # A connection that sends no complete request in this time is closed.
+            keepalive_timeout=self.limits.header_timeout,
         )
         await self._runner.setup()
         # We hold the instance lock, so a socket file left here belongs to a dead daemon.
@@ -137,16 +144,29 @@ class Daemon:
         return self._http.cors
 
     async def apply_setting(self, key: str, new: Settings) -> bool:
-        await asyncio.to_thread(save_setting, self.config_file, key, getattr(new, key))
+        """All or nothing: check, apply what needs applying first (move the listener),
+        then save; if saving fails, put the listener back and change nothing."""
+        listener = key in ("port", "bind", "cors")
+        moved_from = self._http if listener and self._tcp_site is not None else None
+        if listener:
+            self._check_bind(new.bind, insecure=new.insecure)
+        elif key == "insecure" and self._tcp_site is not None:
+            self._check_bind(self._http.bind, insecure=new.insecure)
+        if moved_from is not None:
+            await self.start_http(port=new.port, bind=new.bind, cors=new.cors)
+        try:
+            await asyncio.to_thread(save_setting, self.config_file, key, getattr(new, key))
+        except LmsError:
+            if moved_from is not None:
+                await self._move_back(moved_from)
+            raise
         self.settings = new
         self.core.manager.settings = new
         if key == "log_level":
             logging.getLogger().setLevel(new.log_level.upper())
         elif key == "models_dirs":
             self.core.store.set_dirs(models_dirs_for(new, self.paths.data_dir))
-        elif key in ("port", "bind", "cors") and self._tcp_site is not None:
-            await self.start_http(port=new.port, bind=new.bind, cors=new.cors)
-        elif key in ("port", "bind", "cors"):
+        elif listener and moved_from is None:
             self._http = HttpConfig(new.bind, new.port, tuple(new.cors))
         log.info(
             "setting %s = %r (%s)",
@@ -171,12 +191,7 @@ class Daemon:
             port=self._http.port if port is None else port,
             cors=self._http.cors if cors is None else tuple(cors),
         )
-        if not is_loopback(wanted.bind) and not self.keys and not self.settings.insecure:
-            raise StartupError(
-                f"refusing to listen on {wanted.bind}: beyond loopback an API key is "
-                "required; create one with `lms server key create --scope admin`, then "
-                "start again (or pass --insecure to serve the network without keys)"
-            )
+        self._check_bind(wanted.bind, insecure=self.settings.insecure)
         same_address = (wanted.bind, wanted.port) == (self._http.bind, self._http.port)
         if self._tcp_site is not None and (same_address or wanted.port == 0):
             self._http = replace(wanted, port=self._http.port)
@@ -218,9 +233,31 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _check_bind(self, bind: str, *, insecure: bool) -> None:
+        if not is_loopback(bind) and not self.keys and not insecure:
+            raise StartupError(
+                f"refusing to listen on {bind}: beyond loopback an API key is "
+                "required; create one with `lms server key create --scope admin`, then "
+                "start again (or pass --insecure to serve the network without keys)"
+            )
+
+    async def _move_back(self, previous: HttpConfig) -> None:
+        """Undo a move of the listener whose setting could not be saved."""
+        try:
+            await self.start_http(port=previous.port, bind=previous.bind, cors=list(previous.cors))
+        except LmsError as exc:
+            log.error(
+                "could not move the HTTP listener back to %s:%d: %s",
+                previous.bind,
+                previous.port,
+                exc,
+            )
+
     async def _listen_tcp(self, config: HttpConfig) -> None:
         assert self._runner is not None
-        site = web.TCPSite(self._runner, config.bind, config.port)
+        site = LimitedTCPSite(
+            self._runner, config.bind, config.port, max_connections=self.limits.max_connections
+        )
         try:
             await site.start()
         except OSError as exc:

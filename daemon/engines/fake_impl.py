@@ -9,12 +9,12 @@ is a GGUF file's `fake.options` string (any other file gets the defaults):
 
 It "generates" by echoing `reply`, else the last user message (chat) or the prompt
 (completion; a prompt of token ids has nothing to echo), one word (with its trailing
-space) per token, then EOS; `endless` repeats it
-until max_tokens or the context is full. With `babble` (or nothing to echo) it draws words
-at random from a small list with `random.Random(seed)`, so seeds matter. `LMS_FAKE_TOKEN_DELAY`
-(seconds) overrides `token_delay`; `crash_after_tokens` calls abort() like a broken native
-library would (in the daemon's process it raises SimulatedCrash instead); `memory_mb`
-allocates (and touches) that much memory at load.
+space; a word or space longer than TOKEN_CHARS takes several) per token, then EOS;
+`endless` repeats it until max_tokens or the context is full. With `babble` (or nothing to
+echo) it draws words at random from a small list with `random.Random(seed)`, so seeds
+matter. `LMS_FAKE_TOKEN_DELAY` (seconds) overrides `token_delay`; `crash_after_tokens`
+calls abort() like a broken native library would (in the daemon's process it raises
+SimulatedCrash instead); `memory_mb` allocates (and touches) that much memory at load.
 
 It has `LoadSpec.parallel` slots (base.BatchingEngine): up to that many generations run
 side by side, each advancing one word per step, and a step takes `token_delay` however
@@ -47,11 +47,15 @@ from daemon.engines.base import (
     check_token_ids,
 )
 from daemon.engines.slots import DelegatedSlots, IteratorSlots, SlotRunner
-from daemon.engines.streaming import RawToken, shape_stream
+from daemon.engines.streaming import RawToken, check_prompt_size, shape_stream
 from daemon.errors import ContextOverflow, GgufError, InvalidRequest, LoadFailed
 from daemon.gguf import read_header
 
-TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
+TOKEN_CHARS = 32
+TOKEN_RE = re.compile(
+    rf"\s{{0,{TOKEN_CHARS}}}\S{{1,{TOKEN_CHARS}}}\s{{0,{TOKEN_CHARS}}}|\s{{1,{TOKEN_CHARS}}}"
+)
+MAX_TOKEN_BYTES = 3 * TOKEN_CHARS * 4  # a token's text is at most this many UTF-8 bytes
 WORDS = ("apple", "river", "stone", "cloud", "ember", "maple", "quartz", "delta", "lumen")
 EOS_ID = 0
 VOCAB_SIZE = 50_001  # token ids: EOS_ID, and 1..50000 (token_id)
@@ -209,9 +213,11 @@ class FakeEngine(DelegatedSlots):
             prompt = self.render_chat(request.messages, request.tools)
             users = [m for m in request.messages if m.get("role") == "user"]
             source = _text(users[-1]) if users else ""
+            check_prompt_size(prompt, self._options.context_length, MAX_TOKEN_BYTES)
             prompt_tokens = self.count_tokens(prompt)
         elif isinstance(request.prompt, str):
             source = request.prompt
+            check_prompt_size(source, self._options.context_length, MAX_TOKEN_BYTES)
             prompt_tokens = self.count_tokens(source)
         else:
             check_token_ids(request.prompt, VOCAB_SIZE, param="prompt")

@@ -141,6 +141,7 @@ class LlamaCppEngine(DelegatedSlots):
         self._bos = -1
         self._n_ctx = 0
         self._n_vocab = 0
+        self._max_token_bytes: int | None = None
         self._formatters: dict[bool, Jinja2ChatFormatter] = {}
         self._template = CHATML
         self._bos_text = ""
@@ -194,6 +195,7 @@ class LlamaCppEngine(DelegatedSlots):
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._bos = int(llama_cpp.llama_vocab_bos(self._vocab))
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._max_token_bytes = None if spec.embedding else self._longest_token()
         self._slots = LlamaSlots(
             ctx,
             self._vocab,
@@ -272,6 +274,17 @@ class LlamaCppEngine(DelegatedSlots):
                 return text[1:] if token == self._bos and text.startswith(b" ") else text
             size = -n
 
+    def _longest_token(self) -> int | None:
+        """The most bytes of text one token can stand for (streaming.check_prompt_size),
+        for the lossless tokenizers (BPE, SentencePiece): its longest piece, special
+        tokens' text included, and never less than a character (an unknown one is one
+        token). None for tokenizers that normalize text (WordPiece drops whitespace)."""
+        kind = int(llama_cpp.llama_vocab_type(self._vocab))
+        if kind not in (llama_cpp.LLAMA_VOCAB_TYPE_BPE, llama_cpp.LLAMA_VOCAB_TYPE_SPM):
+            return None
+        longest = max((len(self.piece(t, special=True)) for t in range(self._n_vocab)), default=0)
+        return max(longest, 4)
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
@@ -284,7 +297,14 @@ class LlamaCppEngine(DelegatedSlots):
         cancelled: Callable[[], bool],
         arrived: float,
     ) -> None:
-        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx, self._n_vocab)
+        tokens = prompt_tokens(
+            request,
+            self.render_chat,
+            self.tokenize,
+            self._n_ctx,
+            self._n_vocab,
+            self._max_token_bytes,
+        )
         self.slots.admit(key, tokens, request.params, cancelled, arrived)
 
     def _slot_runner(self) -> SlotRunner:

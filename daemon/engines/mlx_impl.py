@@ -75,6 +75,39 @@ def trained_context(config: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def longest_token(hf: Any) -> int | None:
+    """The most bytes of text one token can stand for (streaming.check_prompt_size): the
+    longest vocabulary entry, special tokens included, in its stored form (byte-level and
+    "▁" forms are never shorter than the text). None when the tokenizer normalizes text
+    in a way that could make a token stand for more text than that (or cannot be read)."""
+    try:
+        normalizer = json.loads(hf.backend_tokenizer.to_str()).get("normalizer")
+        if not _normalizer_only_expands(normalizer):
+            return None
+        longest = max((len(str(t).encode("utf-8")) for t in hf.get_vocab()), default=0)
+    except Exception:  # a tokenizer without these parts: no bound
+        return None
+    return max(longest, 4)
+
+
+def _normalizer_only_expands(normalizer: Any) -> bool:
+    if normalizer is None:
+        return True
+    if not isinstance(normalizer, dict):
+        return False
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        return all(_normalizer_only_expands(n) for n in normalizer.get("normalizers") or [])
+    if kind == "Prepend":
+        return True
+    # SentencePiece's space: one byte becomes three
+    return (
+        kind == "Replace"
+        and normalizer.get("pattern") == {"String": " "}
+        and normalizer.get("content") == "▁"
+    )
+
+
 @lru_cache(maxsize=1)
 def _unicode_to_byte() -> dict[str, int]:
     """The inverse of GPT-2's byte-to-unicode table (byte-level BPE tokens)."""
@@ -145,6 +178,7 @@ class MlxEngine:
         self._eos: frozenset[int] = frozenset()
         self._n_ctx = DEFAULT_CONTEXT
         self._n_vocab = 0
+        self._max_token_bytes: int | None = None
         self._has_template = False
         self._path = ""
         # KV cache kept from the last request and the tokens it holds (None: unusable).
@@ -185,6 +219,7 @@ class MlxEngine:
         self._token_bytes = TokenBytes(self._hf)
         self._eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self._n_vocab = _vocab_size(config) or len(self._hf)
+        self._max_token_bytes = longest_token(self._hf)
         trained = trained_context(config)
         self._n_ctx = spec.context_length or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
         self._has_template = bool(getattr(self._hf, "chat_template", None))
@@ -240,7 +275,14 @@ class MlxEngine:
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[StreamEvent]:
         started = time.perf_counter()
-        tokens = prompt_tokens(request, self.render_chat, self.tokenize, self._n_ctx, self._n_vocab)
+        tokens = prompt_tokens(
+            request,
+            self.render_chat,
+            self.tokenize,
+            self._n_ctx,
+            self._n_vocab,
+            self._max_token_bytes,
+        )
         self._reused = 0
         params = request.params
         constraint = None

@@ -129,6 +129,7 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
             "message": str(exc),
             "prompt_tokens": exc.prompt_tokens,
             "context_length": exc.context_length,
+            "at_least": exc.at_least,
         }
     if isinstance(exc, InvalidRequest):
         return {
@@ -151,7 +152,11 @@ def error_from_wire(data: Any) -> LmsError:
         return ProtocolError(f"malformed error from the worker: {data!r}")
     kind, message = data.get("kind"), str(data.get("message", ""))
     if kind == "context_overflow":
-        return ContextOverflow(int(data["prompt_tokens"]), int(data["context_length"]))
+        return ContextOverflow(
+            int(data["prompt_tokens"]),
+            int(data["context_length"]),
+            at_least=data.get("at_least") is True,
+        )
     if kind == "invalid_request":
         return InvalidRequest(message, param=data.get("param"), code=data.get("code"))
     if kind == "load_failed":

@@ -208,21 +208,38 @@ def shape_stream(
     yield from last
 
 
+def check_prompt_size(text: str, context_length: int, max_token_bytes: int | None) -> None:
+    """Raises ContextOverflow, without tokenizing, for a text too long to fit the context
+    whatever its tokens: no token covers more than `max_token_bytes` bytes of text (the
+    vocabulary's longest token), so a text of N bytes is at least N / max_token_bytes
+    tokens. None: the tokenizer has no such bound (nothing is checked)."""
+    if max_token_bytes is None or max_token_bytes <= 0:
+        return
+    if len(text) < context_length:  # a character is at least one byte: cannot overflow
+        return
+    at_least = len(text.encode("utf-8", "surrogatepass")) // max_token_bytes
+    if at_least >= context_length:
+        raise ContextOverflow(at_least, context_length, at_least=True)
+
+
 def prompt_tokens(
     request: GenerationRequest,
     render_chat: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None, bool], str],
     tokenize: Callable[[str], list[int]],
     context_length: int,
     n_vocab: int,
+    max_token_bytes: int | None = None,
 ) -> list[int]:
     """The request's prompt as tokens (a chat through the model's own template; token ids
     as they are, once checked against the vocabulary), refused before anything runs when
-    it is empty or does not fit the context."""
+    it is empty or does not fit the context (a text far too long for the context before it
+    is tokenized, see check_prompt_size)."""
     if isinstance(request, ChatRequest):
-        tokens = tokenize(
-            render_chat(request.messages, request.tools, request.add_generation_prompt)
-        )
+        text = render_chat(request.messages, request.tools, request.add_generation_prompt)
+        check_prompt_size(text, context_length, max_token_bytes)
+        tokens = tokenize(text)
     elif isinstance(request.prompt, str):
+        check_prompt_size(request.prompt, context_length, max_token_bytes)
         tokens = tokenize(request.prompt)
     else:
         tokens = list(request.prompt)

@@ -52,7 +52,7 @@ def _cors_origins(value: Any) -> list[str] | None:
 
 
 async def server_start(request: web.Request) -> web.Response:
-    body = await read_json_object(request) if request.can_read_body else {}
+    body = await read_json_object(request) if request.body_exists else {}
     port = _optional(body, "port", int)
     if port is not None and not 0 <= port <= 65535:
         raise InvalidRequest("'port' must be between 0 and 65535", param="port")

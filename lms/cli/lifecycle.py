@@ -58,15 +58,19 @@ def _pick(client: Client, key: str | None, *, exact: bool, yes: bool) -> str:
         return found["exact"]["modelKey"] if not exact else found["exact"]["path"]
     candidates = found["candidates"]
     if not candidates:
-        output.error(f"no model matches {key!r}; see `lms ls` for what is on disk")
+        output.error(f"no model matches {output.safe(repr(key))}; see `lms ls` for what is on disk")
         raise typer.Exit(EXIT_FAILURE)
     if len(candidates) == 1:
         return candidates[0]["modelKey"]
     names = [c["modelKey"] for c in candidates]
+    shown = [output.safe(name) for name in names]
     if yes or not sys.stdin.isatty():
-        output.error(f"{len(names)} models match {key!r}: {', '.join(names)}; name one exactly")
+        output.error(
+            f"{len(names)} models match {output.safe(repr(key))}: {', '.join(shown)}; "
+            "name one exactly"
+        )
         raise typer.Exit(EXIT_FAILURE)
-    for number, name in enumerate(names, 1):
+    for number, name in enumerate(shown, 1):
         output.info(f"  {number}. {name}")
     choice = typer.prompt("Load which model", type=int, default=1)
     if not 1 <= choice <= len(names):
@@ -106,10 +110,10 @@ def load(
     port: PortOption = None,
 ) -> None:
     """Load a model into memory."""
+    gpu_setting = _parse_gpu(gpu)  # a bad value is a usage error (exit 2), daemon or not
     client = make_client(host, port, timeout=600)
     model = _pick(client, key, exact=exact, yes=yes)
     body: LoadRequest = {"model": model}
-    gpu_setting = _parse_gpu(gpu)
     if ttl is not None:
         body["ttl"] = ttl
     if context_length is not None:
@@ -135,21 +139,27 @@ def load(
         reply = client.load(body)
     else:
         from rich.console import Console
+        from rich.markup import escape
 
-        with Console(stderr=True).status(f"Loading {model}..."):
+        with Console(stderr=True).status(f"Loading {escape(output.safe(model))}..."):
             reply = client.load(body)
     if json:
         output.json_out(reply)
         return
     instance = reply["instance"]
     if reply["already_loaded"]:
-        output.info(f'{model} is already loaded as "{reply["instance_id"]}".')
+        output.info(
+            f'{output.safe(model)} is already loaded as "{output.safe(reply["instance_id"])}".'
+        )
     else:
         seconds = reply["load_time_seconds"] or time.monotonic() - started
         output.info(
             f"Model loaded successfully in {seconds:.2f}s. ({format_size(instance['sizeBytes'])})"
         )
-    output.info(f'To use the model in the API/SDK, use the identifier "{reply["instance_id"]}".')
+    output.info(
+        "To use the model in the API/SDK, use the identifier "
+        f'"{output.safe(reply["instance_id"])}".'
+    )
 
 
 def _print_estimate(
@@ -158,7 +168,7 @@ def _print_estimate(
     if json:
         output.json_out(reply)
         return
-    lines = [f"Model: {reply['model']}"]
+    lines = [f"Model: {output.safe(reply['model'])}"]
     if context_given:
         lines.append(f"Context Length: {reply['context_length']:,}")
     if gpu is not None:
@@ -205,11 +215,12 @@ def unload(
             output.error('You don\'t have any models loaded. Use "lms load" to load a model.')
             raise typer.Exit(EXIT_FAILURE)
         if len(loaded) > 1:
-            output.error(f"several models are loaded ({', '.join(loaded)}); name one, or use --all")
+            names = ", ".join(output.safe(i) for i in loaded)
+            output.error(f"several models are loaded ({names}); name one, or use --all")
             raise typer.Exit(EXIT_FAILURE)
         identifier = loaded[0]
     client.unload(identifier)
-    output.info(f'Model "{identifier}" unloaded.')
+    output.info(f'Model "{output.safe(identifier)}" unloaded.')
 
 
 def ps_table(instances: list[InstanceInfo]) -> str:
@@ -222,13 +233,13 @@ def ps_table(instances: list[InstanceInfo]) -> str:
             ttl = f"{format_duration(remaining_ms / 1000)} / {format_duration(ttl_ms / 1000)}"
         rows.append(
             [
-                inst["identifier"],
-                inst["modelKey"],
+                output.safe(inst["identifier"]),
+                output.safe(inst["modelKey"]),
                 inst["status"].upper(),
                 format_size(inst["sizeBytes"]),
                 str(inst["contextLength"]),
                 "-" if inst["type"] == "embedding" else str(inst["parallel"]),
-                inst["device"],
+                output.safe(inst["device"]),
                 ttl,
             ]
         )

@@ -62,9 +62,9 @@ def _loaded_marker(count: int) -> str:
 def _row(model: ListedModel) -> list[str]:
     arch = model.get("architecture") or ""
     return [
-        model["modelKey"],
-        model.get("paramsString") or "",
-        ARCH_NAMES.get(arch, arch),
+        output.safe(model["modelKey"]),
+        output.safe(model.get("paramsString") or ""),
+        output.safe(ARCH_NAMES.get(arch, arch)),
         format_size(model["sizeBytes"]),
         "Local",
         _loaded_marker(model["loaded"]),
@@ -90,7 +90,7 @@ def render_listing(models: list[ListedModel], *, llm: bool, embedding: bool) -> 
         lines += ["", *_table("EMBEDDING", embeddings)]
     if show_all and broken:
         lines += ["", "UNUSABLE"]
-        lines += [f"{m['path']}{COLUMN_GAP}{m['error']}" for m in broken]
+        lines += [f"{output.safe(m['path'])}{COLUMN_GAP}{output.safe(m['error'])}" for m in broken]
     return "\n".join(lines)
 
 
@@ -152,24 +152,23 @@ def import_(
     verb = {"move": "move", "copy": "copy", "hard-link": "hard-link", "symbolic-link": "symlink"}[
         mode
     ]
+    source, target = output.safe(plan["source"]), output.safe(plan["target"])
     if dry_run:
-        output.data(f"Would {verb} {plan['source']} to {plan['target']}")
+        output.data(f"Would {verb} {source} to {target}")
         return
     if (
         not yes
         and sys.stdin.isatty()
-        and not typer.confirm(
-            f"{verb.capitalize()} {plan['source']} to {plan['target']}?", default=True
-        )
+        and not typer.confirm(f"{verb.capitalize()} {source} to {target}?", default=True)
     ):
         raise typer.Exit(EXIT_FAILURE)
     done = client.import_model(path, mode=mode, user_repo=user_repo, dry_run=False)
     for warning in done["warnings"]:
-        output.warn(warning)
+        output.warn(output.safe(warning))
     past = {
         "move": "Moved",
         "copy": "Copied",
         "hard-link": "Hard-linked",
         "symbolic-link": "Symlinked",
     }[mode]
-    output.info(f"{past} {done['source']} to {done['target']}")
+    output.info(f"{past} {output.safe(done['source'])} to {output.safe(done['target'])}")

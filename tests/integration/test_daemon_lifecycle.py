@@ -6,11 +6,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.support import DaemonFolders, DaemonProcess, LmsRunner, http_get, wait_for_exit
+from tests.inprocess import write_models
+from tests.support import (
+    DaemonFolders,
+    DaemonProcess,
+    LmsRunner,
+    SseStream,
+    http_get,
+    wait_for_exit,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -88,24 +95,28 @@ def test_signal_stops_the_daemon_cleanly(folders: DaemonFolders, free_port: int,
         assert not folders.socket.exists()
 
 
-def test_in_flight_request_finishes_during_shutdown(folders: DaemonFolders) -> None:
-    with DaemonProcess(folders, "--no-http") as daemon:
+def test_in_flight_request_finishes_during_shutdown(folders: DaemonFolders, free_port: int) -> None:
+    models = folders.root / "models"
+    write_models(models)
+    folders.extra_env["LMS_MODELS_DIRS"] = str(models)
+    folders.extra_env["LMS_FAKE_TOKEN_DELAY"] = "0.05"  # 40 tokens: about two seconds
+    with DaemonProcess(folders, "--engine", "fake", "--port", str(free_port)) as daemon:
         daemon.wait_ready()
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(10)
-            sock.connect(str(folders.socket))
-            # Headers now, body later: the handler is in flight when SIGTERM arrives.
-            sock.sendall(
-                b"POST /api/admin/server/stop HTTP/1.1\r\nHost: lmsd\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
-            )
-            time.sleep(0.3)
+        body = {
+            "model": "endless",
+            "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 40,
+        }
+        with SseStream(f"http://127.0.0.1:{free_port}", "/v1/chat/completions", body) as stream:
+            events = stream.events()
+            first = next(events)
+            assert first["choices"][0]["delta"], first
+            # The generation is in flight when SIGTERM arrives: it runs to its end.
             daemon.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-            assert daemon.process.poll() is None, "the daemon exited with a request in flight"
-            sock.sendall(b"{}")
-            reply = sock.recv(65536).decode()
-        assert reply.startswith("HTTP/1.1 200"), reply
+            rest = list(events)
+        assert rest[-1] == "[DONE]"
+        finish = [e["choices"][0]["finish_reason"] for e in rest[:-1] if e["choices"]]
+        assert finish[-1] == "length"
         assert daemon.process.wait(15) == 0
 
 

@@ -119,6 +119,8 @@ def test_errors_cross_as_data_and_come_back_typed() -> None:
     assert isinstance(overflow, ContextOverflow)
     assert (overflow.prompt_tokens, overflow.context_length) == (5000, 4096)
     assert overflow.code == "context_length_exceeded"
+    bound = error_from_wire(error_to_wire(ContextOverflow(9000, 4096, at_least=True)))
+    assert "is at least 9000 tokens" in str(bound)
     bad = error_from_wire(error_to_wire(InvalidRequest("bad grammar", param="grammar")))
     assert type(bad) is InvalidRequest and bad.param == "grammar"
     assert type(error_from_wire(error_to_wire(LoadFailed("no")))) is LoadFailed
