@@ -266,12 +266,24 @@ class EmbedResult:
         return _build(cls, data)
 
 
+# How far a load has got (0..1). Returning False asks the engine to stop loading (it then
+# raises LoadFailed): the contract of llama.cpp's own `progress_callback`.
+LoadProgressCallback = Callable[[float], bool]
+
+
+def keep_loading(progress: float) -> bool:
+    """The progress callback of a load nobody follows."""
+    return True
+
+
 class Engine(Protocol):
     """What a worker needs from an engine. Calls come from one thread, one at a time;
     `generate` is stepped token by token, so other calls may run between its steps."""
 
-    def load(self, spec: LoadSpec) -> EngineInfo:
-        """Load the model or raise LoadFailed saying why."""
+    def load(self, spec: LoadSpec, progress: LoadProgressCallback = keep_loading) -> EngineInfo:
+        """Load the model or raise LoadFailed saying why. Reports how far it has got
+        through `progress` (0..1) where it can, and stops (LoadFailed) when that
+        returns False."""
         ...
 
     def generate(

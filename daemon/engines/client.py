@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Called once when an engine that was serving ends without being asked to (crash, kill).
 OnExit = Callable[["EngineClient", str], None]
+# Called on the event loop with a load's progress (0..1) as the engine reports it.
+OnProgress = Callable[[float], None]
 
 
 class State(enum.Enum):
@@ -52,6 +54,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, asyncio.Queue[Message | LmsError]] = {}
+        self._progress: dict[int, OnProgress] = {}  # loads in flight whose progress is followed
         self._exit_reason: str | None = None
         self._info: EngineInfo | None = None
 
@@ -180,22 +183,39 @@ class EngineClient:
     async def count_tokens(self, text: str) -> int:
         return int(await self._call(Op.COUNT_TOKENS, text=text))
 
-    async def _call(self, op: Op, **fields: Any) -> Any:
+    async def _load(self, spec: LoadSpec, on_progress: OnProgress | None) -> None:
+        """Loads the model; `on_progress` hears how far it has got. Cancelling this tells
+        the engine to stop loading (the caller then closes or kills it)."""
+        value = await self._call(Op.LOAD, on_progress=on_progress, spec=spec.to_dict())
+        self._info = EngineInfo.from_dict(value)
+
+    async def _call(self, op: Op, *, on_progress: OnProgress | None = None, **fields: Any) -> Any:
         self._check_usable()
         rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[rid] = future
+        if on_progress is not None:
+            self._progress[rid] = on_progress
         try:
             await self._post({"type": op.value, "id": rid, **fields})
             return await future
         finally:
-            if self._calls.pop(rid, None) is not None and op is Op.EMBED:
+            self._progress.pop(rid, None)
+            if self._calls.pop(rid, None) is not None and op in (Op.EMBED, Op.LOAD):
                 self._post_nowait({"type": Op.CANCEL.value, "id": rid})
 
     def _dispatch(self, message: Message) -> None:
         rid = message["id"]
         if rid in self._streams:
             self._streams[rid].put_nowait(message)
+            return
+        if message["type"] == Reply.PROGRESS:
+            listener = self._progress.get(rid)
+            if listener is not None:
+                try:
+                    listener(float(message.get("value", 0.0)))
+                except Exception:  # a listener's bug must not end the engine's reader
+                    log.exception("load progress listener failed")
             return
         future = self._calls.pop(rid, None)
         if future is None or future.done():

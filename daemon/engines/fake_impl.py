@@ -14,7 +14,9 @@ space; a word or space longer than TOKEN_CHARS takes several) per token, then EO
 echo) it draws words at random from a small list with `random.Random(seed)`, so seeds
 matter. `LMS_FAKE_TOKEN_DELAY` (seconds) overrides `token_delay`; `crash_after_tokens`
 calls abort() like a broken native library would (in the daemon's process it raises
-SimulatedCrash instead); `memory_mb` allocates (and touches) that much memory at load.
+SimulatedCrash instead); `memory_mb` allocates (and touches) that much memory at load;
+`load_delay` (seconds) makes loading slow, reporting its progress in tenths across it
+(the same value again while it waits; a cancelled load stops within LOAD_POLL_S).
 
 It has `LoadSpec.parallel` slots (base.BatchingEngine): up to that many generations run
 side by side, each advancing one word per step, and a step takes `token_delay` however
@@ -23,6 +25,7 @@ many are running (like a batched decode).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -41,10 +44,12 @@ from daemon.engines.base import (
     EmbedResult,
     EngineInfo,
     GenerationRequest,
+    LoadProgressCallback,
     LoadSpec,
     PromptInput,
     StreamEvent,
     check_token_ids,
+    keep_loading,
 )
 from daemon.engines.slots import DelegatedSlots, IteratorSlots, SlotRunner
 from daemon.engines.streaming import RawToken, check_prompt_size, shape_stream
@@ -52,6 +57,8 @@ from daemon.errors import ContextOverflow, GgufError, InvalidRequest, LoadFailed
 from daemon.gguf import read_header
 
 TOKEN_CHARS = 32
+LOAD_STEPS = 10  # progress reports across load_delay
+LOAD_POLL_S = 0.02  # how soon a slow fake load notices it was cancelled
 TOKEN_RE = re.compile(
     rf"\s{{0,{TOKEN_CHARS}}}\S{{1,{TOKEN_CHARS}}}\s{{0,{TOKEN_CHARS}}}|\s{{1,{TOKEN_CHARS}}}"
 )
@@ -132,6 +139,15 @@ def token_id(piece: str) -> int:
     return 1 + zlib.crc32(piece.encode()) % 50_000
 
 
+def _pause_loading(seconds: float, still_wanted: Callable[[], bool]) -> None:
+    """Sleeps in short slices, so that a cancelled load stops within one."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, LOAD_POLL_S))
+        if not still_wanted():
+            raise LoadFailed("loading was cancelled")
+
+
 class FakeEngine(DelegatedSlots):
     def __init__(self) -> None:
         self._options = FakeOptions()
@@ -140,11 +156,17 @@ class FakeEngine(DelegatedSlots):
         self._in_process = False
         self._slots = IteratorSlots(self._generate_batched)
 
-    def load(self, spec: LoadSpec) -> EngineInfo:
+    def load(self, spec: LoadSpec, progress: LoadProgressCallback = keep_loading) -> EngineInfo:
         options = read_options(spec.model_path)
         if options.fail_load:
             raise LoadFailed(options.fail_load)
-        time.sleep(options.load_delay)
+        # Progress in tenths across load_delay, like a real engine reading its tensors.
+        for step in range(LOAD_STEPS + 1):
+            value = step / LOAD_STEPS
+            if not progress(value):
+                raise LoadFailed("loading was cancelled")
+            if step < LOAD_STEPS:
+                _pause_loading(options.load_delay / LOAD_STEPS, functools.partial(progress, value))
         if options.memory_mb:
             self._ballast = bytearray(b"\x01") * (options.memory_mb << 20)
         context = spec.context_length or options.context_length

@@ -65,16 +65,25 @@ class EngineHandle(Protocol):
 
 
 OnEngineExit = Callable[[Any, str], None]
-EngineStarter = Callable[[LoadSpec, OnEngineExit], Awaitable[EngineHandle]]
+OnLoadProgress = Callable[[float], None]  # 0..1, on the event loop, as the engine loads
 
 
-async def start_engine(spec: LoadSpec, on_exit: OnEngineExit) -> EngineHandle:
+class EngineStarter(Protocol):
+    def __call__(
+        self, spec: LoadSpec, on_exit: OnEngineExit, on_progress: OnLoadProgress | None = None
+    ) -> Awaitable[EngineHandle]: ...
+
+
+async def start_engine(
+    spec: LoadSpec, on_exit: OnEngineExit, on_progress: OnLoadProgress | None = None
+) -> EngineHandle:
     """Loads `spec` in a worker process, or on a thread for the in-process engines.
-    Raises LoadFailed saying why it could not."""
+    Raises LoadFailed saying why it could not. Cancelled, it stops the load and leaves
+    nothing behind."""
     if spec.engine in IN_PROCESS_ENGINES:
         from daemon.engines.inprocess import ThreadHandle
 
-        return await ThreadHandle.start(spec, on_exit=on_exit)
+        return await ThreadHandle.start(spec, on_exit=on_exit, on_progress=on_progress)
     from daemon.engines.host import WorkerHandle
 
-    return await WorkerHandle.start(spec, on_exit=on_exit)
+    return await WorkerHandle.start(spec, on_exit=on_exit, on_progress=on_progress)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from daemon.engines.base import EngineInfo, LoadSpec
-from daemon.engines.client import EngineClient, OnExit, State
+from daemon.engines.base import LoadSpec
+from daemon.engines.client import EngineClient, OnExit, OnProgress, State
 from daemon.engines.protocol import Message, Op, encode_frame, read_frame_async
 from daemon.errors import (
     CrashedWhileLoading,
@@ -77,11 +77,13 @@ class WorkerHandle(EngineClient):
         spec: LoadSpec,
         *,
         on_exit: OnExit | None = None,
+        on_progress: OnProgress | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> WorkerHandle:
         """Spawns a worker and loads the model in it; returns once it is loaded. Raises
-        LoadFailed (and leaves no process behind) when it cannot be loaded. `on_exit`
-        is called once if the worker later dies without being asked to (crash, kill)."""
+        LoadFailed (and leaves no process behind) when it cannot be loaded; cancelled, it
+        kills the worker. `on_exit` is called once if the worker later dies without being
+        asked to (crash, kill); `on_progress` with the load's progress (0..1)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
@@ -114,8 +116,7 @@ class WorkerHandle(EngineClient):
             raise
         handle = cls(spec, proc, reader, writer, on_exit)
         try:
-            value = await handle._call(Op.LOAD, spec=spec.to_dict())
-            handle._info = EngineInfo.from_dict(value)
+            await handle._load(spec, on_progress)
         except BaseException as exc:
             # Nothing to save in a half-loaded worker (and a cancelled load may take long).
             if handle._state is not State.EXITED:

@@ -19,8 +19,8 @@ import dataclasses
 import logging
 import threading
 
-from daemon.engines.base import EngineInfo, LoadSpec
-from daemon.engines.client import EngineClient, OnExit, State
+from daemon.engines.base import LoadSpec
+from daemon.engines.client import EngineClient, OnExit, OnProgress, State
 from daemon.engines.protocol import Message, Op, Reply, error_to_wire
 from daemon.engines.worker import WorkerServer
 from daemon.errors import LmsError, LoadFailed
@@ -57,14 +57,20 @@ class ThreadHandle(EngineClient):
         self._thread = threading.Thread(target=self._run, name=f"engine-{spec.engine}", daemon=True)
 
     @classmethod
-    async def start(cls, spec: LoadSpec, *, on_exit: OnExit | None = None) -> ThreadHandle:
+    async def start(
+        cls,
+        spec: LoadSpec,
+        *,
+        on_exit: OnExit | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> ThreadHandle:
         """Starts the scheduler thread and loads the model in it; returns once loaded.
-        Raises LoadFailed (and leaves no thread behind) when it cannot be loaded."""
+        Raises LoadFailed (and leaves no thread behind) when it cannot be loaded;
+        cancelled, it stops the load and the thread."""
         handle = cls(dataclasses.replace(spec, in_process=True), on_exit)
         handle._thread.start()
         try:
-            value = await handle._call(Op.LOAD, spec=handle.spec.to_dict())
-            handle._info = EngineInfo.from_dict(value)
+            await handle._load(handle.spec, on_progress)
         except BaseException as exc:
             await handle.close()
             if isinstance(exc, LmsError) and not isinstance(exc, LoadFailed):

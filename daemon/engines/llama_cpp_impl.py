@@ -31,10 +31,12 @@ from daemon.engines.base import (
     EmbedResult,
     EngineInfo,
     GenerationRequest,
+    LoadProgressCallback,
     LoadSpec,
     PromptInput,
     StreamEvent,
     check_token_ids,
+    keep_loading,
 )
 from daemon.engines.llama_sampling import Sampler, structured_grammar
 from daemon.engines.llama_slots import LlamaSlots
@@ -103,12 +105,32 @@ def read_metadata(path: str) -> dict[str, str]:
 class _Context:
     """A model and a context we own (generation instances), freed in reverse order."""
 
-    def __init__(self, path: str, n_gpu: int, n_ctx: int, n_seq: int, n_threads: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        n_gpu: int,
+        n_ctx: int,
+        n_seq: int,
+        n_threads: int,
+        progress: LoadProgressCallback = keep_loading,
+    ) -> None:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu
+        stopped = False
+
+        def on_progress(value: float, _user_data: Any) -> bool:
+            nonlocal stopped
+            stopped = not progress(value)
+            return not stopped
+
+        # Held in a local for as long as the load runs: ctypes must not free it before.
+        callback = llama_cpp.llama_progress_callback(on_progress)
+        model_params.progress_callback = callback
         self.model: Any = llama_cpp.llama_model_load_from_file(path.encode(), model_params)
         if not self.model:
-            raise LoadFailed(f"llama.cpp could not load {path}")
+            raise LoadFailed(
+                "loading was cancelled" if stopped else f"llama.cpp could not load {path}"
+            )
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_seq
         params.n_batch = params.n_ubatch = N_BATCH
@@ -155,7 +177,7 @@ class LlamaCppEngine(DelegatedSlots):
 
     # -- load ---------------------------------------------------------------------
 
-    def load(self, spec: LoadSpec) -> EngineInfo:
+    def load(self, spec: LoadSpec, progress: LoadProgressCallback = keep_loading) -> EngineInfo:
         path = spec.model_path
         if not os.path.isfile(path):
             raise LoadFailed(f"model file not found: {path}")
@@ -186,7 +208,7 @@ class LlamaCppEngine(DelegatedSlots):
                 self._llm = llm
                 model, ctx, self._n_ctx = llm.model, llm.ctx, llm.n_ctx()
             else:
-                self._own = _Context(path, n_gpu, n_ctx, n_seq, n_threads)
+                self._own = _Context(path, n_gpu, n_ctx, n_seq, n_threads, progress)
                 model, ctx, self._n_ctx = self._own.model, self._own.ctx, n_ctx
         except MemoryError as exc:
             raise LoadFailed(f"out of memory loading {path} with a {n_ctx}-token context") from exc

@@ -34,9 +34,11 @@ from daemon.engines.base import (
     EngineInfo,
     GenerationParams,
     GenerationRequest,
+    LoadProgressCallback,
     LoadSpec,
     PromptInput,
     StreamEvent,
+    keep_loading,
 )
 from daemon.engines.streaming import RawToken, prompt_tokens, shape_stream
 from daemon.errors import EngineError, InvalidRequest, LoadFailed
@@ -195,7 +197,9 @@ class MlxEngine:
 
     # -- load ---------------------------------------------------------------------
 
-    def load(self, spec: LoadSpec) -> EngineInfo:
+    def load(self, spec: LoadSpec, progress: LoadProgressCallback = keep_loading) -> EngineInfo:
+        # mlx-lm loads in one call that reports nothing: the daemon sees 0, then loaded.
+        progress(0.0)
         path = Path(spec.model_path)
         if not path.is_dir() or not (path / "config.json").is_file():
             raise LoadFailed(f"not an MLX model directory (no config.json): {path}")

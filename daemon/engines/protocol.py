@@ -36,7 +36,7 @@ MAX_FRAME_BYTES = 128 * 1024 * 1024
 class Op(StrEnum):
     """Daemon -> worker."""
 
-    LOAD = "load"  # spec -> result: EngineInfo
+    LOAD = "load"  # spec -> progress*, result: EngineInfo (cancel aborts it)
     GENERATE = "generate"  # request -> token*, done
     CANCEL = "cancel"  # id of a generate/embed in flight -> (it ends with userStopped)
     EMBED = "embed"  # texts -> result: EmbedResult
@@ -51,6 +51,7 @@ class Reply(StrEnum):
     TOKEN = "token"  # event: TokenEvent
     DONE = "done"  # event: DoneEvent (last frame of a generate)
     RESULT = "result"  # value: the answer to a one-shot request
+    PROGRESS = "progress"  # value: 0..1, how far a `load` has got (before its result)
     ERROR = "error"  # error: {kind, message, ...} (last frame of any request)
 
 

@@ -37,6 +37,7 @@ from daemon.engines.base import (
     DoneEvent,
     Engine,
     EngineInfo,
+    LoadProgressCallback,
     LoadSpec,
     StreamEvent,
     prompt_input,
@@ -58,6 +59,7 @@ log = logging.getLogger("daemon.engines.worker")
 
 PR_SET_PDEATHSIG = 1
 QUEUED = (Op.GENERATE.value, Op.EMBED.value)
+PROGRESS_STEP = 0.01  # the least change of a load's progress worth a frame
 ARRIVED = "_arrived"  # set on queued messages by the reader thread: time.perf_counter()
 
 
@@ -147,6 +149,8 @@ class WorkerServer:
             if kind in QUEUED:
                 message[ARRIVED] = time.perf_counter()
                 self.cancels.register(rid)
+            elif kind == Op.LOAD:
+                self.cancels.register(rid)  # a cancel (or a shutdown) aborts the load
             elif kind == Op.SHUTDOWN:
                 self.stopping.set()
                 self.cancels.cancel_all()
@@ -197,7 +201,7 @@ class WorkerServer:
             if self.own_process and spec.memory_limit_bytes:
                 limit_memory(spec.memory_limit_bytes)
             engine = load_engine_class(spec.engine)()
-            info = engine.load(spec)
+            info = engine.load(spec, self._progress_reporter(rid))
         except LoadFailed as exc:
             self.channel.error(rid, exc)
             return False
@@ -208,6 +212,8 @@ class WorkerServer:
             log.exception("load failed")
             self.channel.error(rid, LoadFailed(f"the engine failed: {type(exc).__name__}: {exc}"))
             return False
+        finally:
+            self.cancels.finish(rid)
         self.engine, self.info = engine, info
         if isinstance(engine, BatchingEngine):
             self.slots = engine
@@ -215,6 +221,21 @@ class WorkerServer:
             self.slots = IteratorSlots(engine.generate)
         self.channel.reply(rid, Reply.RESULT, value=info.to_dict())
         return True
+
+    def _progress_reporter(self, rid: int) -> LoadProgressCallback:
+        """Sends a load's progress to the daemon, at most once per percent (llama.cpp
+        reports every tensor), and tells the engine to stop once the load is cancelled."""
+        sent = -1.0
+
+        def report(progress: float) -> bool:
+            nonlocal sent
+            value = min(1.0, max(0.0, float(progress)))
+            if value - sent >= PROGRESS_STEP or (value >= 1.0 > sent):
+                sent = value
+                self.channel.reply(rid, Reply.PROGRESS, value=value)
+            return not self.cancels.is_cancelled(rid)
+
+        return report
 
     def _loaded(self) -> Engine:
         if self.engine is None:

@@ -355,7 +355,12 @@ def test_the_worker_exits_when_its_socket_closes(tmp_path: Path) -> None:
             )
         )
         reply = read_frame(ours)
+        progress = []
+        while reply is not None and reply["type"] == "progress":  # the load's, then its result
+            progress.append(reply["value"])
+            reply = read_frame(ours)
         assert reply is not None and reply["type"] == "result"
+        assert progress[0] == 0.0 and progress[-1] == 1.0
         ours.close()  # the daemon "dies"
         assert proc.wait(timeout=NO_HANG) == 0
     finally:
