@@ -12,11 +12,15 @@ import contextlib
 from pathlib import Path
 
 from daemon import restore
+from daemon.catalog import ModelRecord
 from daemon.config import Settings
 from daemon.engines.handle import EngineStarter, start_engine
 from daemon.events import EventBus
+from daemon.instance import LoadRequest
 from daemon.manager import ModelManager
 from daemon.metrics import Metrics
+from daemon.model_defaults import FILE_NAME as MODEL_DEFAULTS_FILE
+from daemon.model_defaults import ModelDefaults
 from daemon.model_store import ModelStore, models_dirs_for
 from daemon.prediction.conversations import ConversationStore
 from daemon.prediction.service import PredictionService
@@ -30,8 +34,11 @@ class Core:
         data_dir: Path,
         state_dir: Path,
         starter: EngineStarter = start_engine,
+        config_dir: Path | None = None,
     ) -> None:
         self.events = EventBus()
+        # Per-model load defaults, in the config folder (`lms model-defaults`).
+        self.model_defaults = ModelDefaults((config_dir or state_dir) / MODEL_DEFAULTS_FILE)
         self.store = ModelStore(
             models_dirs_for(settings, data_dir), state_dir / "catalog-cache.json"
         )
@@ -42,6 +49,7 @@ class Core:
             starter=starter,
             on_change=self._save_loads,
             on_crash=lambda: self.metrics.worker_crashes.inc(),
+            defaults_of=self._defaults_of,
         )
         self.metrics = Metrics(
             loaded=lambda: len(self.manager.instances()),
@@ -53,6 +61,10 @@ class Core:
         # Responses kept for `previous_response_id` (Responses API, REST v1 chat).
         self.conversations = ConversationStore()
         self._restoring: asyncio.Task[None] | None = None
+
+    def _defaults_of(self, record: ModelRecord) -> tuple[LoadRequest, float | None]:
+        settings = self.model_defaults.settings(record.path)
+        return settings.request, settings.ttl
 
     def _save_loads(self) -> None:
         restore.save(self._loads_file, self.manager.manual_loads())

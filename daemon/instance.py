@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from daemon.catalog import ModelRecord
 from daemon.eviction import InstanceFacts, Origin
+from daemon.load_progress import LoadProgress
 from lms.api.lifecycle import ProcessingStatus
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class Instance:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: LoadProgress = field(default_factory=LoadProgress)  # of its load, 0..1
 
     def move_to(self, state: State) -> None:
         if state not in ALLOWED[self.state]:

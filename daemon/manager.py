@@ -13,8 +13,10 @@ injectable, times TTLs and idleness.
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +45,25 @@ from lms.units import format_bytes
 log = logging.getLogger(__name__)
 
 FORMAT_ENGINES = {"gguf": "llama_cpp", "mlx": "mlx"}
+
+# A model's per-model load defaults (model_defaults.py): its load settings and idle TTL.
+DefaultsOf = Callable[[ModelRecord], tuple[LoadRequest, float | None]]
+# Hears how far an instance's load has got (0..1), on the event loop.
+OnLoadProgress = Callable[[Instance, float], None]
+
+
+def no_defaults(record: ModelRecord) -> tuple[LoadRequest, float | None]:
+    return LoadRequest(), None
+
+
+def with_defaults(request: LoadRequest, defaults: LoadRequest) -> LoadRequest:
+    """`request`, the fields it leaves unset taken from `defaults`."""
+    given = {
+        f.name: getattr(request, f.name)
+        for f in dataclasses.fields(request)
+        if getattr(request, f.name) is not None
+    }
+    return dataclasses.replace(defaults, **given)
 
 
 def available_memory() -> int:
@@ -127,6 +148,7 @@ class ModelManager:
         engine_of: Callable[[ModelRecord], str] | None = None,
         on_change: Callable[[], None] | None = None,
         on_crash: Callable[[], None] | None = None,
+        defaults_of: DefaultsOf = no_defaults,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -137,6 +159,9 @@ class ModelManager:
         self._engine_of = engine_of or self._engine_for
         self._on_change = on_change or (lambda: None)  # persists manual loads
         self._on_crash = on_crash or (lambda: None)  # counts crashes in the metrics
+        self._defaults_of = defaults_of
+        self._starting: dict[Instance, asyncio.Future[EngineHandle]] = {}  # engines starting
+        self._load_waiters: dict[Instance, int] = {}  # load() calls waiting, per instance
         self._instances: dict[str, Instance] = {}
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
@@ -212,13 +237,26 @@ class ModelManager:
         gpu = 1.0 if request.gpu_ratio is None else request.gpu_ratio
         return LoadConfig(context_length=context, gpu_ratio=gpu, parallel=parallel)
 
+    def with_model_defaults(self, record: ModelRecord, request: LoadRequest) -> LoadRequest:
+        """What a load of `record` asks for: `request`, then the model's defaults."""
+        return with_defaults(request, self._defaults_of(record)[0])
+
+    def _ttl_for(self, record: ModelRecord, ttl: float | None, origin: Origin) -> float | None:
+        """A new instance's idle TTL: the one asked for, else the model's default, else
+        the JIT TTL for a JIT load (none for a manual one). Never (inf) is None."""
+        if ttl is None:
+            ttl = self._defaults_of(record)[1]
+        if ttl is None and origin == "jit":
+            ttl = self.settings.jit_ttl
+        return None if ttl is None or math.isinf(ttl) else ttl
+
     async def plan(self, name: str, request: LoadRequest) -> LoadPlan:
         return self._plan(await self.store.resolve(name), request)
 
     def _plan(self, record: ModelRecord, request: LoadRequest) -> LoadPlan:
         if record.error is not None:
             raise LoadFailed(f"{record.path} cannot be loaded: {record.error}")
-        config = self.resolve_config(record, request)
+        config = self.resolve_config(record, self.with_model_defaults(record, request))
         available = self._memory()
         if self.settings.max_model_memory:
             used = sum(i.memory_bytes for i in self._instances.values() if i.usable)
@@ -243,10 +281,32 @@ class ModelManager:
         ttl: float | None = None,
         origin: Origin = "manual",
         force: bool = False,
+        on_progress: OnLoadProgress | None = None,
     ) -> Instance:
-        """Load `name`, or return the instance already loaded with the same settings."""
+        """Load `name`, or return the instance already loaded with the same settings.
+        `ttl`: idle seconds (inf: never; None: the model's default, else none).
+        `on_progress(instance, 0..1)` hears how far the load has got, from the value it
+        has now (1.0 at once for an instance already loaded). Cancelled while the instance
+        is still loading and nobody else waits for it (no other load, no request), the
+        load is abandoned: its engine stops and the instance is gone (Ctrl-C in `lms
+        load`)."""
         inst = await self._get_or_start(name, request, identifier, ttl, origin, force)
-        await asyncio.shield(inst.loaded)
+        self._load_waiters[inst] = self._load_waiters.get(inst, 0) + 1
+        try:
+            if on_progress is not None:
+                async for value in inst.progress.follow():
+                    on_progress(inst, value)
+            await asyncio.shield(inst.loaded)
+        except asyncio.CancelledError:
+            alone = self._load_waiters[inst] == 1 and inst.in_flight == 0
+            if inst.state is State.LOADING and alone:
+                log.info("abandoning the load of %s: its caller went away", inst.identifier)
+                await self._retire(inst, wait=False)
+            raise
+        finally:
+            self._load_waiters[inst] -= 1
+            if not self._load_waiters[inst]:
+                del self._load_waiters[inst]
         return inst
 
     async def _get_or_start(
@@ -274,7 +334,7 @@ class ModelManager:
                 if origin == "manual" and existing.origin == "jit":
                     existing.origin = "manual"  # an explicit load pins it
                 if ttl is not None and origin == "manual":
-                    existing.ttl = ttl
+                    existing.ttl = None if math.isinf(ttl) else ttl
                 return existing
             await existing.gone.wait()  # draining: load afresh once it is gone
         # No await from the check above to the registration below: concurrent callers
@@ -285,7 +345,7 @@ class ModelManager:
             record=plan.record,
             config=plan.config,
             origin=origin,
-            ttl=ttl,
+            ttl=self._ttl_for(record, ttl, origin),
             idle_since=self._clock(),
             memory_bytes=plan.estimate.total_bytes,
         )
@@ -296,6 +356,7 @@ class ModelManager:
 
     async def _load(self, inst: Instance, plan: LoadPlan, force: bool) -> None:
         started = self._clock()
+        starting: asyncio.Future[EngineHandle] | None = None
         try:
             if inst.origin == "jit" and self.settings.auto_evict:
                 await self._evict_for_jit(inst)
@@ -315,20 +376,26 @@ class ModelManager:
                     else worker_memory_ceiling(plan.estimate.total_bytes)
                 ),
             )
-            engine = await self._starter(spec, self._engine_exited)
+            if inst.state is not State.LOADING:  # abandoned while making room
+                raise LoadFailed(f"loading {inst.identifier} was cancelled")
+            # Its own task, so that abandoning the load stops the engine (_stop_loading).
+            starting = asyncio.ensure_future(
+                self._starter(spec, self._engine_exited, inst.progress.update)
+            )
+            self._starting[inst] = starting
+            try:
+                engine = await starting
+            finally:
+                self._starting.pop(inst, None)
         except BaseException as exc:
-            inst.move_to(State.FAILED)
-            self._instances.pop(inst.identifier, None)
-            error = exc if isinstance(exc, LmsError) else LoadFailed(f"loading failed: {exc}")
-            inst.loaded.set_exception(error)
-            inst.loaded.exception()  # retrieved: no "never retrieved" warning if unawaited
-            self._changed()
-            if not isinstance(exc, Exception):
+            self._load_failed(inst, exc)
+            task = asyncio.current_task()
+            if not isinstance(exc, Exception) and task is not None and task.cancelling():
                 raise
             return
         if inst.state is not State.LOADING:  # unloaded while loading
             await engine.close()
-            inst.loaded.set_exception(LoadFailed(f"{inst.identifier} was unloaded while loading"))
+            self._load_failed(inst, LoadFailed(f"{inst.identifier} was unloaded while loading"))
             return
         inst.engine = engine
         inst.load_seconds = self._clock() - started
@@ -338,6 +405,8 @@ class ModelManager:
             inst.memory_bytes = measured
         inst.move_to(State.LOADED)
         inst.loaded.set_result(None)
+        inst.progress.update(1.0)
+        inst.progress.finish()
         log.info(
             "loaded %s in %.2fs (%s)",
             inst.identifier,
@@ -346,6 +415,32 @@ class ModelManager:
         )
         self._wake.set()
         self._changed()
+
+    def _load_failed(self, inst: Instance, exc: BaseException) -> None:
+        """A load ended without an engine: failed, or abandoned (then already UNLOADED)."""
+        if inst.state is State.LOADING:
+            inst.move_to(State.FAILED)
+        if self._instances.get(inst.identifier) is inst:
+            del self._instances[inst.identifier]
+        if isinstance(exc, LmsError):
+            error: LmsError = exc
+        elif isinstance(exc, Exception):
+            error = LoadFailed(f"loading failed: {exc}")
+        else:
+            error = LoadFailed(f"loading {inst.identifier} was cancelled")
+        if not inst.loaded.done():
+            inst.loaded.set_exception(error)
+            inst.loaded.exception()  # retrieved: no "never retrieved" warning if unawaited
+        inst.progress.finish()
+        self._changed()
+
+    def _stop_loading(self, inst: Instance) -> None:
+        """An instance that is no longer wanted while it loads: stop its engine's start
+        (which leaves no worker behind) and end its progress."""
+        starting = self._starting.get(inst)
+        if starting is not None:
+            starting.cancel()
+        inst.progress.finish()
 
     async def _evict_for_jit(self, inst: Instance) -> None:
         others = [i.facts() for i in self._instances.values() if i.state is State.LOADED]
@@ -389,8 +484,7 @@ class ModelManager:
                     f"model {name!r} is not loaded and just-in-time loading is off; "
                     f"load it with `lms load {name}`"
                 )
-            jit_ttl = self.settings.jit_ttl if ttl is None else ttl
-            inst = await self._get_or_start(name, request, None, jit_ttl, "jit", False)
+            inst = await self._get_or_start(name, request, None, ttl, "jit", False)
         capacity = inst.config.parallel + self.settings.max_queue
         if inst.in_flight >= capacity:
             raise ServerBusy(
@@ -464,6 +558,7 @@ class ModelManager:
         if inst.state is State.LOADING:
             inst.move_to(State.UNLOADED)
             self._instances.pop(inst.identifier, None)
+            self._stop_loading(inst)
         elif inst.state is State.LOADED:
             inst.move_to(State.DRAINING)
             if inst.in_flight == 0:
@@ -535,6 +630,7 @@ class ModelManager:
         for inst in list(self._instances.values()):
             if inst.state is State.LOADING:
                 inst.move_to(State.UNLOADED)
+                self._stop_loading(inst)
         engines = [i.engine for i in self._instances.values() if i.engine is not None]
         await asyncio.gather(*(e.close() for e in engines), return_exceptions=True)
         if self._tasks:

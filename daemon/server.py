@@ -68,7 +68,11 @@ class Daemon:
         self._http = HttpConfig(bind=settings.bind, port=settings.port, cors=tuple(settings.cors))
         self.keys = KeyStore(paths.state_dir / "api-keys.json")
         self.core = Core(
-            settings, data_dir=paths.data_dir, state_dir=paths.state_dir, starter=starter
+            settings,
+            data_dir=paths.data_dir,
+            state_dir=paths.state_dir,
+            starter=starter,
+            config_dir=paths.config_dir,
         )
         self.limits = limits
         self.app = create_app(self, self.core)

@@ -86,9 +86,9 @@ class Harness:
             engine_of=lambda record: "fake",
         )
 
-    async def start(self, spec: LoadSpec, on_exit: Any) -> WorkerHandle:
+    async def start(self, spec: LoadSpec, on_exit: Any, on_progress: Any = None) -> WorkerHandle:
         self.starts += 1
-        return await WorkerHandle.start(spec, on_exit=on_exit)
+        return await WorkerHandle.start(spec, on_exit=on_exit, on_progress=on_progress)
 
     async def tick(self, seconds: float) -> None:
         """Advance the clock and let the TTL reaper look."""

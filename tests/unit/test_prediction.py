@@ -155,8 +155,8 @@ async def test_a_model_that_dies_before_its_request_starts_is_a_crash_not_a_bug(
     manager = daemon.core.manager
     exits: list[Any] = []
 
-    async def starter(spec: LoadSpec, on_exit: Any) -> Any:
-        handle = await start_engine(spec, on_exit)
+    async def starter(spec: LoadSpec, on_exit: Any, on_progress: Any = None) -> Any:
+        handle = await start_engine(spec, on_exit, on_progress)
         exits.append((handle, on_exit))
         return handle
 
