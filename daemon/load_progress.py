@@ -3,8 +3,9 @@
 The engine reports progress (0..1) as it reads the model (engines/worker.py's `progress`
 frames); the manager writes it here. Anyone may follow it (`lms load`'s progress bar
 through the streamed load API, the SDK's `loadProgress`): `follow()` yields the current
-value at once, then each new one, and ends when the load does, however it ends. Values
-never go back, and a follower that falls behind sees only the latest one.
+value once the engine has reported one (so a load refused before its engine starts, by
+the guardrail say, yields nothing), then each new one, and ends when the load does,
+however it ends. Values never go back; a follower that falls behind sees the latest.
 """
 
 import asyncio
@@ -14,14 +15,17 @@ from collections.abc import AsyncIterator
 class LoadProgress:
     def __init__(self) -> None:
         self.value = 0.0
+        self.started = False  # the engine has reported (it is reading the model)
         self.done = False
         self._changed = asyncio.Event()
 
     def update(self, value: float) -> None:
         value = min(1.0, max(self.value, value))
-        if value != self.value and not self.done:
-            self.value = value
-            self._wake()
+        if self.done or (self.started and value == self.value):
+            return
+        self.started = True
+        self.value = value
+        self._wake()
 
     def finish(self) -> None:
         """The load ended (loaded, failed or abandoned); followers stop. Idempotent."""
@@ -38,7 +42,7 @@ class LoadProgress:
         last: float | None = None
         while True:
             changed = self._changed
-            if self.value != last:
+            if self.started and self.value != last:
                 last = self.value
                 yield last
             if self.done:

@@ -13,7 +13,9 @@ from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 from lms.api import admin, chat, lifecycle, log, settings
+from lms.api import model_defaults as defaults_api  # `model_defaults` is a method below
 from lms.api import models as catalog  # `models` is a method below
+from lms.api.load_stream import LoadEvent
 from lms.transport import (
     ApiError,
     ApiVersionMismatch,
@@ -100,6 +102,30 @@ class Client(Transport):
         """`POST /api/v1/models/load`; `body` must not ask for estimate_only (see estimate)."""
         return cast(lifecycle.LoadReply, self.request("POST", lifecycle.LOAD_PATH, body))
 
+    def load_stream(self, body: lifecycle.LoadRequest) -> Generator[LoadEvent, None, None]:
+        """`POST /api/v1/models/load` streamed: the load's events as they come, the last
+        one `model_load.end` with the reply. An error event raises `StreamError`; a load
+        refused before it starts raises `ApiError`. Closing the generator closes the
+        connection, which abandons the load in the daemon (if nobody else waits for it)."""
+        lines = self.stream_lines("POST", lifecycle.LOAD_PATH, {**body, "stream": True})
+        try:
+            for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                try:
+                    event = json.loads(line.removeprefix("data:"))
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                if event.get("type") == "error":
+                    error = event.get("error")
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise StreamError(str(message or "the load failed"))
+                yield cast(LoadEvent, event)
+        finally:
+            lines.close()
+
     def estimate(self, body: lifecycle.LoadRequest) -> lifecycle.EstimateReply:
         """`POST /api/v1/models/load` with `"estimate_only": true`: loads nothing."""
         request: lifecycle.LoadRequest = {**body, "estimate_only": True}
@@ -124,6 +150,25 @@ class Client(Transport):
         params = {"q": query} | ({"exact": "1"} if exact else {})
         reply = self.request("GET", f"{lifecycle.MATCH_PATH}?{urlencode(params)}")
         return cast(lifecycle.MatchReply, reply)
+
+    # -- per-model defaults ----------------------------------------------------------------
+
+    def model_defaults(self) -> defaults_api.ModelDefaultsListing:
+        """`GET /api/admin/model-defaults`: every model's load defaults."""
+        reply = self.request("GET", defaults_api.MODEL_DEFAULTS_PATH)
+        return cast(defaults_api.ModelDefaultsListing, reply)
+
+    def model_defaults_of(self, model: str) -> defaults_api.ModelDefaultsEntry:
+        """`GET /api/admin/model-defaults?model=...`: one model's load defaults."""
+        path = f"{defaults_api.MODEL_DEFAULTS_PATH}?{urlencode({'model': model})}"
+        return cast(defaults_api.ModelDefaultsEntry, self.request("GET", path))
+
+    def change_model_defaults(
+        self, request: defaults_api.ModelDefaultsRequest
+    ) -> defaults_api.ModelDefaultsEntry:
+        """`POST /api/admin/model-defaults`: checked like a load, then saved."""
+        reply = self.request("POST", defaults_api.MODEL_DEFAULTS_PATH, request)
+        return cast(defaults_api.ModelDefaultsEntry, reply)
 
     # -- models --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from daemon.http import (
     lifecycle_routes,
     log_routes,
     messages_routes,
+    model_defaults_routes,
     models_routes,
     responses_routes,
     rest_v1_routes,
@@ -24,6 +25,7 @@ from daemon.http.keys import (
     EVENTS,
     MANAGER,
     METRICS,
+    MODEL_DEFAULTS,
     MODELS,
     PREDICTIONS,
 )
@@ -118,6 +120,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
     app[METRICS] = core.metrics
     app[PREDICTIONS] = core.predictions
     app[CONVERSATIONS] = core.conversations
+    app[MODEL_DEFAULTS] = core.model_defaults
     app.on_response_prepare.append(add_headers)
     register(
         app,
@@ -130,6 +133,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
             *lifecycle_routes.routes(),
             *log_routes.routes(),
             *messages_routes.routes(),
+            *model_defaults_routes.routes(),
             *responses_routes.routes(),
             *rest_v1_routes.routes(),
             *settings_routes.routes(),

@@ -6,6 +6,7 @@ from daemon.events import EventBus
 from daemon.http.control import DaemonControl
 from daemon.manager import ModelManager
 from daemon.metrics import Metrics
+from daemon.model_defaults import ModelDefaults
 from daemon.model_store import ModelStore
 from daemon.prediction.conversations import ConversationStore
 from daemon.prediction.service import PredictionService
@@ -17,3 +18,4 @@ EVENTS = web.AppKey("events", EventBus)
 METRICS = web.AppKey("metrics", Metrics)
 PREDICTIONS = web.AppKey("predictions", PredictionService)
 CONVERSATIONS = web.AppKey("conversations", ConversationStore)
+MODEL_DEFAULTS = web.AppKey("model_defaults", ModelDefaults)

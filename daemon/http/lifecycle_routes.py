@@ -2,6 +2,7 @@
 `lms unload` call) and the listing of loaded instances behind `lms ps`."""
 
 import math
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -12,9 +13,10 @@ from daemon.compat.fields import optional, required
 from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
+from daemon.http.load_stream import stream_load
 from daemon.http.routes import ADMIN, Route
 from daemon.instance import Instance, LoadRequest
-from daemon.manager import ModelManager
+from daemon.manager import ModelManager, OnLoadProgress
 from lms.api import lifecycle as api
 from lms.api.models import ModelInfo
 
@@ -75,7 +77,7 @@ def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> ap
     }
 
 
-async def load(request: web.Request) -> web.Response:
+async def load(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request)
     model = required(body, "model", str)
     load_request = LoadRequest(
@@ -105,23 +107,31 @@ async def load(request: web.Request) -> web.Response:
         }
         return web.json_response(estimate)
     before = {i.identifier: i for i in manager.instances()}
-    inst = await manager.load(
-        model,
-        load_request,
-        identifier=identifier,
-        ttl=None if ttl is None or math.isinf(ttl) else ttl,  # -1: never unload
-        force=bool(optional(body, "force", bool)),
-    )
-    catalog = await request.app[MODELS].catalog()
-    reply: api.LoadReply = {
-        "type": "embedding" if inst.record.type == "embeddings" else "llm",
-        "instance_id": inst.identifier,
-        "load_time_seconds": round(inst.load_seconds, 3),
-        "status": "loaded",
-        "already_loaded": before.get(inst.identifier) is inst,
-        "instance": instance_json(manager, catalog, inst),
-    }
-    return web.json_response(reply)
+
+    def start(on_progress: OnLoadProgress | None) -> Awaitable[Instance]:
+        return manager.load(
+            model,
+            load_request,
+            identifier=identifier,
+            ttl=ttl,  # inf (-1): never unload; None: the model's default TTL, else none
+            force=bool(optional(body, "force", bool)),
+            on_progress=on_progress,
+        )
+
+    async def reply_of(inst: Instance) -> api.LoadReply:
+        catalog = await request.app[MODELS].catalog()
+        return {
+            "type": "embedding" if inst.record.type == "embeddings" else "llm",
+            "instance_id": inst.identifier,
+            "load_time_seconds": round(inst.load_seconds, 3),
+            "status": "loaded",
+            "already_loaded": before.get(inst.identifier) is inst,
+            "instance": instance_json(manager, catalog, inst),
+        }
+
+    if optional(body, "stream", bool):
+        return await stream_load(request, start, reply_of)
+    return web.json_response(await reply_of(await start(None)))
 
 
 async def unload(request: web.Request) -> web.Response:

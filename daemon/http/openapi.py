@@ -197,8 +197,15 @@ LOAD = _object(
     ttl=TTL,
     estimate_only=BOOLEAN,
     force=BOOLEAN,
+    stream=BOOLEAN,  # server-sent model_load.* events (http/load_stream.py)
 )
 UNLOAD = _object([], instance_id=STRING, all=BOOLEAN)
+MODEL_DEFAULTS = _object(
+    ["model"],
+    model=STRING,
+    set=OBJECT,  # load settings by the load API's names; null removes one
+    reset={"type": ["boolean", "array"], "items": STRING},
+)
 SERVER_START = _object(
     [], port=INTEGER, bind=STRING, cors={"type": ["boolean", "array"], "items": STRING}
 )
@@ -226,6 +233,7 @@ REQUEST_BODIES: dict[tuple[str, str], Schema] = {
     ("POST", "/api/v1/chat"): REST_V1_CHAT,
     ("POST", "/api/v1/models/load"): LOAD,
     ("POST", "/api/v1/models/unload"): UNLOAD,
+    ("POST", "/api/admin/model-defaults"): MODEL_DEFAULTS,
     ("POST", "/api/admin/server/start"): SERVER_START,
     ("POST", "/api/admin/config"): CONFIG_SET,
     ("POST", "/api/admin/keys"): KEY_CREATE,

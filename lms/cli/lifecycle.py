@@ -16,6 +16,7 @@ from lms.cli.common import (
     handle_errors,
     make_client,
 )
+from lms.cli.load_progress import load_with_progress
 from lms.cli.models import COLUMN_GAP, format_size
 from lms.client import Client
 from lms.units import format_bytes
@@ -135,14 +136,7 @@ def load(
     if force:
         body["force"] = True
     started = time.monotonic()
-    if json:
-        reply = client.load(body)
-    else:
-        from rich.console import Console
-        from rich.markup import escape
-
-        with Console(stderr=True).status(f"Loading {escape(output.safe(model))}..."):
-            reply = client.load(body)
+    reply = load_with_progress(client, body, model, json=json)
     if json:
         output.json_out(reply)
         return

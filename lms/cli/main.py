@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from lms.cli import chat, daemon_cmds, info, lifecycle, log, models, server
+from lms.cli import chat, daemon_cmds, info, lifecycle, log, model_defaults, models, server
 
 app = typer.Typer(
     name="lms",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.add_typer(server.app, name="server")
 app.add_typer(daemon_cmds.app, name="daemon")
 app.add_typer(log.app, name="log")
+app.add_typer(model_defaults.app, name="model-defaults")
 app.command()(info.version)
 app.command()(info.status)
 app.command()(models.ls)
