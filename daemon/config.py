@@ -59,6 +59,12 @@ class Settings:
     )
     metrics: bool = field(default=False, metadata={"help": "serve Prometheus metrics at /metrics"})
     http: bool = field(default=True, metadata={"help": "start the TCP listener with the daemon"})
+    sdk_discovery: bool = field(
+        default=True,
+        metadata={
+            "help": "also listen on 127.0.0.1:41343 so LM Studio's SDKs find us (docs/sdk.md)"
+        },
+    )
     log_level: str = field(default="info", metadata={"help": "one of " + ", ".join(LOG_LEVELS)})
     shutdown_timeout: float = field(
         default=10.0, metadata={"help": "seconds in-flight requests get to finish on shutdown"}

@@ -26,6 +26,7 @@ from daemon.events import EventLogHandler
 from daemon.fsutil import atomic_write_text
 from daemon.http.app import create_app
 from daemon.http.limits import HttpLimits, LimitedTCPSite, body_timeout_middleware
+from daemon.http.sdk_discovery import SdkDiscovery
 from daemon.model_store import models_dirs_for
 from lms.api.admin import DaemonStatus, HttpListener
 from lms.api.version import API_VERSION, __version__
@@ -80,6 +81,7 @@ class Daemon:
         self.app.middlewares.append(body_timeout_middleware(limits.body_timeout))
         self._runner: web.AppRunner | None = None
         self._tcp_site: web.TCPSite | None = None
+        self._sdk_discovery = SdkDiscovery()  # LM Studio SDKs with no host find us
         self._stopping = asyncio.Event()
         self._event_log: EventLogHandler | None = None
 
@@ -213,6 +215,7 @@ class Daemon:
     async def stop_http(self) -> bool:
         if self._tcp_site is None:
             return False
+        await self._sdk_discovery.stop()
         await self._tcp_site.stop()
         self._tcp_site = None
         log.info("stopped the HTTP server on port %d", self._http.port)
@@ -275,6 +278,11 @@ class Daemon:
         port = sockets[0].getsockname()[1] if sockets else config.port
         self._tcp_site = site
         self._http = replace(config, port=port)
+        await self._sdk_discovery.start(
+            self._runner,
+            enabled=self.settings.sdk_discovery,
+            max_connections=self.limits.max_connections,
+        )
         log.info("HTTP API listening on http://%s:%d", config.bind, port)
         if "*" in config.cors:
             log.warning("CORS is enabled for any origin: any website you visit can use this server")

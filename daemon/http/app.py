@@ -14,6 +14,7 @@ from daemon.http import (
     models_routes,
     responses_routes,
     rest_v1_routes,
+    sdk_routes,
     settings_routes,
 )
 from daemon.http.browsers import browser_middleware
@@ -137,6 +138,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
             *responses_routes.routes(),
             *rest_v1_routes.routes(),
             *settings_routes.routes(),
+            *sdk_routes.routes(app),  # LM Studio's SDK WebSockets
         ],
     )
     return app
