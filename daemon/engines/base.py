@@ -41,8 +41,18 @@ class LoadSpec:
     gpu_ratio: float = 0.0  # 0 = CPU only, 1 = every layer it can offload
     parallel: int = 1
     embedding: bool = False
-    n_threads: int | None = None
+    n_threads: int | None = None  # None: one per physical core
     mmproj_path: str | None = None
+    # "shared": one KV pool of context_length cells for all slots (llama.cpp's unified
+    # cache); "per_slot": every slot its own context_length cells (parallel x the memory).
+    kv_pool: str = "shared"
+    flash_attention: str = "on"  # "on" | "off" | "auto" (llama.cpp decides)
+    kv_cache_type_k: str = "f16"  # "f16" | "q8_0" | "q4_0"
+    kv_cache_type_v: str = "f16"  # quantized V needs flash attention
+    use_mmap: bool = True  # map the weights from the file (else read them into memory)
+    use_mlock: bool = False  # keep the weights in RAM (never swapped out)
+    seed: int | None = None  # seeds the requests that bring no seed of their own
+    offload_kqv: bool = True  # the KV cache (and attention) on the GPU with the layers
     verbose: bool = False  # let the engine's own logging through (to the daemon's debug log)
     in_process: bool = False  # run on a thread of the daemon (inprocess.py), not a worker
     # The worker process's memory ceiling (RLIMIT_DATA: its private memory; mmap'ed
@@ -70,6 +80,8 @@ class EngineInfo:
     n_gpu_layers: int
     embedding: bool
     chat_template: bool  # the model ships its own chat template
+    # Load settings given that this engine does not apply (engines/settings.py).
+    ignored_settings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,8 +3,9 @@
 A generation instance is one llama.cpp context with `LoadSpec.parallel` sequences (slots,
 llama_slots.py): every running request advances by one token per batched decode, each
 with its own native sampler chain (llama_sampling.py), and stop strings, limits and
-timing are shared with every engine (streaming.py). Each slot gets the whole context
-length: the context holds context_length x parallel cells, in one KV stream per slot.
+timing are shared with every engine (streaming.py). The slots share one KV pool of
+context_length cells (kv_pool "shared", llama.cpp's unified cache), or each gets its own
+context_length cells (kv_pool "per_slot", one KV stream per slot).
 The context length defaults to min(the model's trained context, 4096): LM Studio's
 default, and a bound on KV-cache memory for models trained on 128k.
 """
@@ -12,9 +13,11 @@ default, and a bound on KV-cache memory for models trained on 128k.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import os
 import platform
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -48,12 +51,18 @@ __all__ = ["LlamaCppEngine", "Sampler", "structured_grammar"]
 
 DEFAULT_CONTEXT = 4096
 N_BATCH = 512  # tokens per llama_decode (prompt chunks and the slots' tokens together)
-# One KV stream per slot (not one buffer shared by all): a slot attends over its own cells
-# only, so its cost and its numbers do not depend on what the other slots hold.
-KV_UNIFIED = False
-# Flash attention: about 15% more tokens per second on CPU, single and batched (measured
-# on SmolLM2-135M, 2 cores); llama-server turns it on too.
-FLASH_ATTN = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+# Flash attention ("on" by default): about 15% more tokens per second on CPU, single and
+# batched (measured on SmolLM2-135M, 2 cores).
+FLASH_ATTN = {
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+}
+KV_TYPES = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
 # Used when a model ships no chat template (EngineInfo.chat_template is then False).
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -102,6 +111,37 @@ def read_metadata(path: str) -> dict[str, str]:
         probe.close()
 
 
+def load_mode(spec: LoadSpec) -> int:
+    """llama.cpp's load mode for the spec's mmap and mlock settings."""
+    if spec.use_mmap:
+        mode = (
+            llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK
+            if spec.use_mlock
+            else llama_cpp.LLAMA_LOAD_MODE_MMAP
+        )
+    else:
+        mode = llama_cpp.LLAMA_LOAD_MODE_MLOCK if spec.use_mlock else llama_cpp.LLAMA_LOAD_MODE_NONE
+    return int(mode)
+
+
+def context_params(spec: LoadSpec, n_ctx: int, n_seq: int, n_threads: int) -> Any:
+    """The context parameters of a generation instance: one KV pool of n_ctx cells shared
+    by the slots, or n_ctx cells per slot, with the spec's attention and cache types."""
+    shared = spec.kv_pool == "shared"
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx if shared else n_ctx * n_seq
+    params.n_batch = params.n_ubatch = N_BATCH
+    params.n_seq_max = n_seq
+    params.n_threads = params.n_threads_batch = n_threads
+    params.kv_unified = shared
+    params.no_perf = True
+    params.flash_attn_type = FLASH_ATTN[spec.flash_attention]
+    params.type_k = KV_TYPES[spec.kv_cache_type_k]
+    params.type_v = KV_TYPES[spec.kv_cache_type_v]
+    params.offload_kqv = spec.offload_kqv
+    return params
+
+
 class _Context:
     """A model and a context we own (generation instances), freed in reverse order."""
 
@@ -113,9 +153,12 @@ class _Context:
         n_seq: int,
         n_threads: int,
         progress: LoadProgressCallback = keep_loading,
+        *,
+        spec: LoadSpec,
     ) -> None:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu
+        model_params.load_mode = load_mode(spec)
         stopped = False
 
         def on_progress(value: float, _user_data: Any) -> bool:
@@ -131,14 +174,8 @@ class _Context:
             raise LoadFailed(
                 "loading was cancelled" if stopped else f"llama.cpp could not load {path}"
             )
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx * n_seq
-        params.n_batch = params.n_ubatch = N_BATCH
-        params.n_seq_max = n_seq
-        params.n_threads = params.n_threads_batch = n_threads
-        params.kv_unified = KV_UNIFIED
-        params.no_perf = True
-        params.flash_attn_type = FLASH_ATTN
+        params = context_params(spec, n_ctx, n_seq, n_threads)
+        self.model_params, self.params = model_params, params  # read back by tests
         self.ctx: Any = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -163,6 +200,7 @@ class LlamaCppEngine(DelegatedSlots):
         self._bos = -1
         self._n_ctx = 0
         self._n_vocab = 0
+        self._seeds: random.Random | None = None  # LoadSpec.seed: seeds unseeded requests
         self._max_token_bytes: int | None = None
         self._formatters: dict[bool, Jinja2ChatFormatter] = {}
         self._template = CHATML
@@ -202,13 +240,15 @@ class LlamaCppEngine(DelegatedSlots):
                     n_ubatch=n_ctx,
                     n_gpu_layers=n_gpu,
                     n_threads=n_threads,
+                    use_mmap=spec.use_mmap,
+                    use_mlock=spec.use_mlock,
                     embedding=True,
                     verbose=spec.verbose,
                 )
                 self._llm = llm
                 model, ctx, self._n_ctx = llm.model, llm.ctx, llm.n_ctx()
             else:
-                self._own = _Context(path, n_gpu, n_ctx, n_seq, n_threads, progress)
+                self._own = _Context(path, n_gpu, n_ctx, n_seq, n_threads, progress, spec=spec)
                 model, ctx, self._n_ctx = self._own.model, self._own.ctx, n_ctx
         except MemoryError as exc:
             raise LoadFailed(f"out of memory loading {path} with a {n_ctx}-token context") from exc
@@ -218,11 +258,14 @@ class LlamaCppEngine(DelegatedSlots):
         self._bos = int(llama_cpp.llama_vocab_bos(self._vocab))
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._max_token_bytes = None if spec.embedding else self._longest_token()
+        self._seeds = None if spec.seed is None else random.Random(spec.seed)
+        shared = not spec.embedding and spec.kv_pool == "shared"
         self._slots = LlamaSlots(
             ctx,
             self._vocab,
             n_slots=n_seq,
             context_length=self._n_ctx,
+            pool_cells=int(llama_cpp.llama_n_ctx(ctx)) if shared else None,
             n_batch=N_BATCH if not spec.embedding else min(N_BATCH, self._n_ctx),
             piece=self.piece,
         )
@@ -327,7 +370,28 @@ class LlamaCppEngine(DelegatedSlots):
             self._n_vocab,
             self._max_token_bytes,
         )
-        self.slots.admit(key, tokens, request.params, cancelled, arrived)
+        params = request.params
+        if params.seed is None and self._seeds is not None:  # reproducible from the load seed
+            params = dataclasses.replace(params, seed=self._seeds.randrange(2**31))
+        self.slots.admit(key, tokens, params, cancelled, arrived)
+
+    def context_settings(self) -> dict[str, Any]:
+        """What llama.cpp was given and reports back (for tests and diagnostics)."""
+        own = self._own
+        if own is None:
+            return {}
+        return {
+            "n_ctx": int(llama_cpp.llama_n_ctx(own.ctx)),
+            "n_seq_max": int(llama_cpp.llama_n_seq_max(own.ctx)),
+            "n_threads": int(llama_cpp.llama_n_threads(own.ctx)),
+            "n_threads_batch": int(llama_cpp.llama_n_threads_batch(own.ctx)),
+            "kv_unified": bool(own.params.kv_unified),
+            "flash_attn_type": int(own.params.flash_attn_type),
+            "type_k": int(own.params.type_k),
+            "type_v": int(own.params.type_v),
+            "offload_kqv": bool(own.params.offload_kqv),
+            "load_mode": int(own.model_params.load_mode),
+        }
 
     def _slot_runner(self) -> SlotRunner:
         return self.slots

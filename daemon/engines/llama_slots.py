@@ -12,6 +12,15 @@ Prompt cache: a slot keeps its KV cells and their tokens after its request ends.
 request takes the free slot whose cached tokens share the longest prefix with its prompt
 (the least recently used one on a tie), drops the cells past that prefix
 (`llama_memory_seq_rm`) and reads only the rest of its prompt.
+
+Shared pool (`pool_cells`, llama.cpp's unified KV cache): all slots take their cells from
+one pool. Before each decode the step makes room for what it puts in the batch: first
+from idle slots' cached cells (least recently used first, from the end of their cache,
+so the rest of a cached prefix stays usable), then by the rule "the oldest request goes
+first": a newer request still reading its prompt gives its cells back and waits (it
+reads them again later), and when only generating requests are left, the newest one
+ends with `contextLengthReached`. The oldest request always has the whole pool, so
+everything admitted finishes; no request ever writes into another one's cells.
 """
 
 from __future__ import annotations
@@ -77,6 +86,7 @@ class LlamaSlots:
         piece: Callable[[int], bytes],
         prefill_chunk: int = PREFILL_CHUNK,
         clock: Callable[[], float] = time.perf_counter,
+        pool_cells: int | None = None,
     ) -> None:
         self._ctx = ctx
         self._vocab = vocab
@@ -89,6 +99,7 @@ class LlamaSlots:
         self._chunk = max(1, min(prefill_chunk, n_batch))
         self._clock = clock
         self._batch: Any = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._pool = pool_cells  # None: every slot has its own context_length cells
 
     def slot_count(self) -> int:
         return len(self._slots)
@@ -156,10 +167,13 @@ class LlamaSlots:
                 self._emit(slot, job.shaper.end(StopReason.USER_STOPPED, now), out)
             elif job.shaper.limit_reached():  # max_tokens <= 0: the prompt is not even read
                 self._emit(slot, job.shaper.end(StopReason.MAX_TOKENS, now), out)
-        in_batch = self._fill()
+        in_batch = self._fill(out, now)
         if not in_batch:
             return out
         status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status == 1 and self._pool is not None:  # no room after all: nothing was written
+            self._undo_batch(in_batch, out, now)
+            return out
         if status != 0:
             for slot in in_batch:  # their KV cells are in doubt: forget them
                 self._truncate(slot, 0)
@@ -180,11 +194,12 @@ class LlamaSlots:
                 job.next_token = raw.token_id
         return out
 
-    def _fill(self) -> list[_Slot]:
+    def _fill(self, out: list[SlotOutput], now: float) -> list[_Slot]:
         """Builds this step's batch; returns the slots in it."""
         batch = self._batch
         n = 0
         in_batch: list[_Slot] = []
+        room = _Room(self) if self._pool is not None else None
 
         def put(slot: _Slot, token: int, logits: bool) -> None:
             nonlocal n
@@ -196,21 +211,26 @@ class LlamaSlots:
             slot.cached.append(token)
             n += 1
 
-        active = [s for s in self._slots if s.job is not None]
+        active = sorted((s for s in self._slots if s.job is not None), key=_arrival)
         for slot in active:
             job = slot.job
-            assert job is not None
+            if job is None:  # a newer request that gave its cells to an older one
+                continue
             job.logits_at = -1
             if job.next_token is not None:
+                if room is not None and not self._room_for_token(room, slot, out, now):
+                    continue
                 job.logits_at = n
                 put(slot, job.next_token, True)
                 in_batch.append(slot)
         budget = self._chunk if in_batch else self._n_batch
-        reading = sorted((s for s in active if s.job and s.job.next_token is None), key=_arrival)
+        reading = [s for s in active if s.job and s.job.next_token is None]
         for slot in reading:
             job = slot.job
             assert job is not None
             take = min(budget, self._n_batch - n, len(job.prompt) - len(slot.cached))
+            if take > 0 and room is not None:
+                take = room.take_up_to(slot, take)
             if take <= 0:
                 break
             for _ in range(take):
@@ -222,6 +242,38 @@ class LlamaSlots:
             in_batch.append(slot)
         batch.n_tokens = n
         return in_batch
+
+    def _room_for_token(self, room: _Room, slot: _Slot, out: list[SlotOutput], now: float) -> bool:
+        """A cell for a generating slot's next token. When none is left, the newest
+        generating request ends (contextLengthReached): this one, or a newer one whose
+        cells then go to it. Generating slots come here oldest first."""
+        while not room.take(slot, 1):
+            generating = [
+                s for s in self._slots if s.job is not None and s.job.next_token is not None
+            ]
+            newest = max(generating, key=_arrival)
+            job = newest.job
+            assert job is not None
+            self._emit(newest, job.shaper.end(StopReason.CONTEXT_FULL, now), out)
+            if newest is slot:
+                return False
+        return True
+
+    def _undo_batch(self, in_batch: list[_Slot], out: list[SlotOutput], now: float) -> None:
+        """llama_decode found no room for the batch (it wrote nothing): take the batch's
+        tokens back and end the newest request in it, so the others fit next step."""
+        for i in range(self._batch.n_tokens - 1, -1, -1):
+            seq = int(self._batch.seq_id[i][0])
+            self._slots[seq].cached.pop()
+        newest = max(in_batch, key=_arrival)
+        job = newest.job
+        assert job is not None
+        self._truncate(newest, 0)
+        self._emit(newest, job.shaper.end(StopReason.CONTEXT_FULL, now), out)
+
+    def cells_used(self) -> int:
+        """KV cells held by all slots (each cached token is one cell)."""
+        return sum(len(s.cached) for s in self._slots)
 
     def _sample(self, job: _Job) -> RawToken:
         token = job.sampler.sample(self._ctx, job.logits_at)
@@ -284,6 +336,66 @@ class LlamaSlots:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+
+
+class _Room:
+    """Makes room in the shared pool for one step's batch (see the module's docstring)."""
+
+    def __init__(self, slots: LlamaSlots) -> None:
+        self._owner = slots
+        assert slots._pool is not None
+        self.free = slots._pool - slots.cells_used()
+
+    def take(self, slot: _Slot, want: int) -> bool:
+        """Reserves `want` cells for `slot`, freeing some if needed; False if it cannot."""
+        return self.take_up_to(slot, want) == want
+
+    def take_up_to(self, slot: _Slot, want: int) -> int:
+        """Reserves as many of `want` cells as it can for `slot` (0: it must wait)."""
+        if self.free < want:
+            self._reclaim_idle(want - self.free)
+        if self.free < want:
+            self._preempt_newer(slot, want - self.free)
+        got = max(0, min(want, self.free))
+        self.free -= got
+        return got
+
+    def _reclaim_idle(self, need: int) -> None:
+        owner = self._owner
+        idle = sorted((s for s in owner._slots if s.job is None and s.cached), key=_last_used)
+        for slot in idle:
+            if need <= 0:
+                return
+            drop = min(need, len(slot.cached))
+            owner._truncate(slot, len(slot.cached) - drop)
+            self.free += drop
+            need -= drop
+
+    def _preempt_newer(self, slot: _Slot, need: int) -> None:
+        """Newer requests still reading their prompt give their cells back (newest first)."""
+        owner = self._owner
+        assert slot.job is not None
+        mine = slot.job.arrived
+        newer = [
+            s
+            for s in owner._slots
+            if s.job is not None
+            and s.job.next_token is None
+            and s.job.arrived > mine
+            and s.cached
+            and s is not slot
+        ]
+        for other in sorted(newer, key=_arrival, reverse=True):
+            if need <= 0:
+                return
+            drop = min(need, len(other.cached))
+            owner._truncate(other, len(other.cached) - drop)
+            self.free += drop
+            need -= drop
+
+
+def _last_used(slot: _Slot) -> float:
+    return slot.used_at
 
 
 def _arrival(slot: _Slot) -> float:

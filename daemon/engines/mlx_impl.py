@@ -40,11 +40,16 @@ from daemon.engines.base import (
     StreamEvent,
     keep_loading,
 )
+from daemon.engines.settings import ignored_settings
 from daemon.engines.streaming import RawToken, prompt_tokens, shape_stream
 from daemon.errors import EngineError, InvalidRequest, LoadFailed
 from daemon.model_keys import mlx_quant_name
 
 DEFAULT_CONTEXT = 4096
+# The engine settings of a load (LoadSpec) that mlx-lm takes: none of llama.cpp's (threads,
+# flash attention, KV types and pool, mmap/mlock, KV offload) and not the load seed yet;
+# the load reply and the daemon's log name those given anyway.
+MLX_SETTINGS: frozenset[str] = frozenset()
 PREFILL_CHUNK = 512  # prompt tokens per model call; a cancel is seen between chunks
 PENALTY_WINDOW = 64  # repeat/frequency/presence penalties look this far back (as llama.cpp)
 # Used when a model ships no chat template (EngineInfo.chat_template is then False).
@@ -238,6 +243,7 @@ class MlxEngine:
             n_gpu_layers=(int(layers) if backend() != "cpu" and isinstance(layers, int) else 0),
             embedding=False,
             chat_template=self._has_template,
+            ignored_settings=ignored_settings(spec, MLX_SETTINGS),
         )
 
     # -- text -----------------------------------------------------------------------
