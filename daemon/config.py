@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from daemon.errors import ConfigError, StateNotSaved
+from lms.api.load_settings import settings_problem
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GUARDRAILS = ("off", "relaxed", "balanced", "strict")
@@ -100,6 +101,40 @@ class Settings:
     default_parallel: int = field(
         default=4, metadata={"help": "parallel request slots of a load that names none"}
     )
+    # Engine settings of a load that names none (docs/engines.md, `lms load --help`).
+    default_kv_pool: str = field(
+        default="shared",
+        metadata={
+            "help": "KV cache of a load: shared (one pool of context_length cells for all "
+            "its slots) or per_slot (each slot its own: parallel x the memory)"
+        },
+    )
+    default_flash_attention: str = field(
+        default="on", metadata={"help": "flash attention of a load: on, off or auto"}
+    )
+    default_kv_cache_type_k: str = field(
+        default="f16", metadata={"help": "KV cache K type of a load: f16, q8_0 or q4_0"}
+    )
+    default_kv_cache_type_v: str = field(
+        default="f16",
+        metadata={"help": "KV cache V type of a load: f16, q8_0 or q4_0 (quantized: needs flash)"},
+    )
+    default_threads: int = field(
+        default=0, metadata={"help": "CPU threads of a load (0: one per physical core)"}
+    )
+    default_use_mmap: bool = field(
+        default=True, metadata={"help": "map model files into memory instead of reading them"}
+    )
+    default_keep_model_in_memory: bool = field(
+        default=False, metadata={"help": "lock a loaded model's weights in RAM (mlock)"}
+    )
+    default_seed: int = field(
+        default=-1,
+        metadata={"help": "seed for requests that bring none, per load (-1: random)"},
+    )
+    default_offload_kv_cache_to_gpu: bool = field(
+        default=True, metadata={"help": "put the KV cache on the GPU with the offloaded layers"}
+    )
     max_queue: int = field(
         default=16,
         metadata={
@@ -166,6 +201,16 @@ class Settings:
             raise InvalidSetting("max_queue", "must not be negative")
         if self.default_parallel < 1:
             raise InvalidSetting("default_parallel", "must be at least 1")
+        problem = settings_problem(
+            kv_pool=self.default_kv_pool,
+            flash_attention=self.default_flash_attention,
+            kv_cache_type_k=self.default_kv_cache_type_k,
+            kv_cache_type_v=self.default_kv_cache_type_v,
+            threads=self.default_threads or None,
+            seed=None if self.default_seed == -1 else self.default_seed,
+        )
+        if problem is not None:
+            raise InvalidSetting(f"default_{problem[0]}", problem[1])
         if self.engine not in ENGINE_CHOICES:
             choices = ", ".join(ENGINE_CHOICES)
             raise InvalidSetting("engine", f"must be one of {choices}, got {self.engine!r}")

@@ -41,11 +41,35 @@ ALLOWED: dict[State, set[State]] = {
 }
 
 
+# The engine settings of a load beyond context, GPU and parallel (docs/engines.md):
+# the same names in LoadConfig, LoadRequest, the load API and the `default_*` settings.
+ENGINE_SETTINGS = (
+    "kv_pool",
+    "flash_attention",
+    "kv_cache_type_k",
+    "kv_cache_type_v",
+    "threads",
+    "use_mmap",
+    "keep_model_in_memory",
+    "seed",
+    "offload_kv_cache_to_gpu",
+)
+
+
 @dataclass(frozen=True)
 class LoadConfig:
     context_length: int
     gpu_ratio: float | None  # None: the engine's choice (all layers when it can offload)
     parallel: int
+    kv_pool: str = "shared"  # "shared": one KV pool for all slots; "per_slot"
+    flash_attention: str = "on"  # "on" | "off" | "auto"
+    kv_cache_type_k: str = "f16"  # "f16" | "q8_0" | "q4_0"
+    kv_cache_type_v: str = "f16"
+    threads: int | None = None  # None: one per physical core
+    use_mmap: bool = True
+    keep_model_in_memory: bool = False  # mlock
+    seed: int | None = None  # seeds requests without a seed; None: random
+    offload_kv_cache_to_gpu: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,12 +79,21 @@ class LoadRequest:
     context_length: int | None = None
     gpu_ratio: float | None = None
     parallel: int | None = None
+    kv_pool: str | None = None
+    flash_attention: str | None = None
+    kv_cache_type_k: str | None = None
+    kv_cache_type_v: str | None = None
+    threads: int | None = None
+    use_mmap: bool | None = None
+    keep_model_in_memory: bool | None = None
+    seed: int | None = None
+    offload_kv_cache_to_gpu: bool | None = None
 
     def conflicts_with(self, config: LoadConfig) -> list[str]:
         """The fields given here that differ from an existing instance's config."""
         return [
             name
-            for name in ("context_length", "gpu_ratio", "parallel")
+            for name in ("context_length", "gpu_ratio", "parallel", *ENGINE_SETTINGS)
             if getattr(self, name) is not None and getattr(self, name) != getattr(config, name)
         ]
 

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from daemon.catalog import ModelRecord
 from daemon.config import Settings
@@ -37,9 +38,10 @@ from daemon.errors import (
     WorkerCrashed,
 )
 from daemon.eviction import Origin, auto_evict_victims, expired, memory_victims, next_deadline
-from daemon.instance import Instance, LoadConfig, LoadRequest, State
+from daemon.instance import ENGINE_SETTINGS, Instance, LoadConfig, LoadRequest, State
 from daemon.memory import GuardrailMode, MemoryEstimate, allowed_bytes, estimate
 from daemon.model_store import ModelStore
+from lms.api.load_settings import settings_problem
 from lms.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ class ModelManager:
                 "context_length": i.config.context_length,
                 "gpu_ratio": i.config.gpu_ratio,
                 "parallel": i.config.parallel,
+                **{name: getattr(i.config, name) for name in ENGINE_SETTINGS},
             }
             for i in self.instances()
             if i.origin == "manual" and i.state is State.LOADED
@@ -235,7 +238,33 @@ class ModelManager:
         if parallel < 1:
             raise InvalidRequest("parallel must be at least 1", param="parallel")
         gpu = 1.0 if request.gpu_ratio is None else request.gpu_ratio
-        return LoadConfig(context_length=context, gpu_ratio=gpu, parallel=parallel)
+        settings = self._engine_settings(request)
+        return LoadConfig(context_length=context, gpu_ratio=gpu, parallel=parallel, **settings)
+
+    def _engine_settings(self, request: LoadRequest) -> dict[str, Any]:
+        """The request's engine settings, the `default_*` settings for those it omits;
+        a bad value is a 400 naming the field."""
+        settings = self.settings
+        defaults: dict[str, Any] = {
+            "kv_pool": settings.default_kv_pool,
+            "flash_attention": settings.default_flash_attention,
+            "kv_cache_type_k": settings.default_kv_cache_type_k,
+            "kv_cache_type_v": settings.default_kv_cache_type_v,
+            "threads": settings.default_threads or None,
+            "use_mmap": settings.default_use_mmap,
+            "keep_model_in_memory": settings.default_keep_model_in_memory,
+            "seed": None if settings.default_seed == -1 else settings.default_seed,
+            "offload_kv_cache_to_gpu": settings.default_offload_kv_cache_to_gpu,
+        }
+        chosen = {
+            name: default if getattr(request, name) is None else getattr(request, name)
+            for name, default in defaults.items()
+        }
+        checked = ("kv_pool", "flash_attention", "kv_cache_type_k", "kv_cache_type_v", "threads")
+        problem = settings_problem(seed=chosen["seed"], **{k: chosen[k] for k in checked})
+        if problem is not None:
+            raise InvalidRequest(problem[1], param=problem[0])
+        return chosen
 
     def with_model_defaults(self, record: ModelRecord, request: LoadRequest) -> LoadRequest:
         """What a load of `record` asks for: `request`, then the model's defaults."""
@@ -265,7 +294,7 @@ class ModelManager:
         return LoadPlan(
             record,
             config,
-            estimate(record, config.context_length),
+            estimate(record, config),
             available,
             allowed_bytes(available, mode),
         )
@@ -369,6 +398,15 @@ class ModelManager:
                 gpu_ratio=plan.config.gpu_ratio or 0.0,
                 parallel=plan.config.parallel,
                 embedding=plan.record.type == "embeddings",
+                kv_pool=plan.config.kv_pool,
+                flash_attention=plan.config.flash_attention,
+                kv_cache_type_k=plan.config.kv_cache_type_k,
+                kv_cache_type_v=plan.config.kv_cache_type_v,
+                n_threads=plan.config.threads,
+                use_mmap=plan.config.use_mmap,
+                use_mlock=plan.config.keep_model_in_memory,
+                seed=plan.config.seed,
+                offload_kqv=plan.config.offload_kv_cache_to_gpu,
                 mmproj_path=str(plan.record.mmproj) if plan.record.mmproj else None,
                 memory_limit_bytes=(
                     None
@@ -403,6 +441,13 @@ class ModelManager:
         measured = engine.memory_bytes()
         if measured:
             inst.memory_bytes = measured
+        if engine.info.ignored_settings:
+            log.warning(
+                "%s: the %s engine ignores these load settings: %s",
+                inst.identifier,
+                engine.info.runtime_name,
+                ", ".join(engine.info.ignored_settings),
+            )
         inst.move_to(State.LOADED)
         inst.loaded.set_result(None)
         inst.progress.update(1.0)

@@ -15,8 +15,9 @@ from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
 from daemon.http.load_stream import stream_load
 from daemon.http.routes import ADMIN, Route
-from daemon.instance import Instance, LoadRequest
+from daemon.instance import ENGINE_SETTINGS, Instance, LoadRequest
 from daemon.manager import ModelManager, OnLoadProgress
+from daemon.memory import kv_cells
 from lms.api import lifecycle as api
 from lms.api.models import ModelInfo
 
@@ -42,6 +43,34 @@ def _positive(body: dict[str, Any], name: str) -> int | None:
     if value is not None and value < 1:
         raise InvalidRequest(f"'{name}' must be at least 1", param=name, code="invalid_value")
     return value  # type: ignore[no-any-return]
+
+
+def _flash(value: Any) -> str | None:
+    """LM Studio sends a boolean; we also take "on", "off" and "auto"."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    raise InvalidRequest(
+        '\'flash_attention\' must be true, false, "on", "off" or "auto"',
+        param="flash_attention",
+        code="invalid_value",
+    )
+
+
+def engine_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """The load's engine settings given in `body` (the manager checks their values)."""
+    return {
+        "kv_pool": optional(body, "kv_pool", str),
+        "flash_attention": _flash(body.get("flash_attention")),
+        "kv_cache_type_k": optional(body, "kv_cache_type_k", str),
+        "kv_cache_type_v": optional(body, "kv_cache_type_v", str),
+        "threads": _positive(body, "threads"),
+        "use_mmap": optional(body, "use_mmap", bool),
+        "keep_model_in_memory": optional(body, "keep_model_in_memory", bool),
+        "seed": optional(body, "seed", int),
+        "offload_kv_cache_to_gpu": optional(body, "offload_kv_cache_to_gpu", bool),
+    }
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -74,6 +103,8 @@ def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> ap
         "pid": inst.engine.pid if inst.engine is not None else None,
         "device": "GPU" if info is not None and info.n_gpu_layers else "CPU",
         "gpuLayers": info.n_gpu_layers if info is not None else 0,
+        "loadSettings": {name: getattr(inst.config, name) for name in ENGINE_SETTINGS},
+        "ignoredSettings": list(info.ignored_settings) if info is not None else [],
     }
 
 
@@ -84,6 +115,7 @@ async def load(request: web.Request) -> web.StreamResponse:
         context_length=_positive(body, "context_length"),
         gpu_ratio=_gpu_ratio(body.get("gpu")),
         parallel=_positive(body, "parallel"),
+        **engine_settings(body),
     )
     identifier = optional(body, "identifier", str)
     ttl = parse_seconds(body.get("ttl"), param="ttl")
@@ -94,9 +126,16 @@ async def load(request: web.Request) -> web.StreamResponse:
             "model": plan.record.key,
             "context_length": plan.config.context_length,
             "gpu_ratio": plan.config.gpu_ratio,
+            "parallel": plan.config.parallel,
+            "kv_pool": plan.config.kv_pool,
+            "kv_cells": kv_cells(plan.config),
+            "kv_cache_type_k": plan.config.kv_cache_type_k,
+            "kv_cache_type_v": plan.config.kv_cache_type_v,
             "estimate": {
                 "weights_bytes": plan.estimate.weights_bytes,
                 "kv_cache_bytes": plan.estimate.kv_cache_bytes,
+                "compute_bytes": plan.estimate.compute_bytes,
+                "runtime_bytes": plan.estimate.runtime_bytes,
                 "overhead_bytes": plan.estimate.overhead_bytes,
                 "total_bytes": plan.estimate.total_bytes,
             },

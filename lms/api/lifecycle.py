@@ -25,6 +25,16 @@ class LoadRequest(TypedDict, total=False):
     context_length: int
     gpu: GpuSetting
     parallel: int
+    # Engine settings (docs/engines.md; values in lms.api.load_settings).
+    kv_pool: str  # "shared" (one KV pool for the slots) or "per_slot"
+    flash_attention: bool | str  # true/false (LM Studio) or "on", "off", "auto"
+    kv_cache_type_k: str  # "f16", "q8_0" or "q4_0"
+    kv_cache_type_v: str
+    threads: int
+    use_mmap: bool
+    keep_model_in_memory: bool  # mlock
+    seed: int
+    offload_kv_cache_to_gpu: bool
     estimate_only: bool  # answer an EstimateReply; load nothing
     force: bool  # load even when the memory guardrail says no
 
@@ -52,6 +62,10 @@ class InstanceInfo(ModelInfo):
     pid: int | None  # the worker's; None when it runs in the daemon (or is gone)
     device: Literal["GPU", "CPU"]
     gpuLayers: int
+    # The engine settings it was loaded with (the load API's names), and those of them
+    # its engine does not apply (MLX: llama.cpp's).
+    loadSettings: NotRequired[dict[str, object]]
+    ignoredSettings: NotRequired[list[str]]
 
 
 class LoadReply(TypedDict):
@@ -67,8 +81,10 @@ class LoadReply(TypedDict):
 
 class Estimate(TypedDict):
     weights_bytes: int
-    kv_cache_bytes: int
-    overhead_bytes: int
+    kv_cache_bytes: int  # the KV pool (shared) or every slot's (per_slot)
+    compute_bytes: int  # compute buffers: logits per slot, one batch's activations
+    runtime_bytes: int  # the worker process itself
+    overhead_bytes: int  # compute + runtime
     total_bytes: int
 
 
@@ -78,6 +94,11 @@ class EstimateReply(TypedDict):
     model: str  # the resolved model key
     context_length: int
     gpu_ratio: float | None  # None: the engine's choice
+    parallel: int
+    kv_pool: str
+    kv_cells: int  # KV cells allocated: context_length, or x parallel per slot
+    kv_cache_type_k: str
+    kv_cache_type_v: str
     estimate: Estimate
     available_bytes: int
     allowed_bytes: int

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from lms.api.lifecycle import EstimateReply, GpuSetting, InstanceInfo, LoadRequest
-from lms.cli import output
+from lms.cli import load_flags, output
 from lms.cli.common import (
     EXIT_FAILURE,
     HostOption,
@@ -106,15 +106,37 @@ def load(
     exact: Annotated[
         bool, typer.Option("--exact", help="KEY must be a model's path exactly.")
     ] = False,
+    kv_pool: load_flags.KvPoolOption = None,
+    flash_attention: load_flags.FlashAttentionOption = None,
+    kv_cache_type_k: load_flags.KvTypeKOption = None,
+    kv_cache_type_v: load_flags.KvTypeVOption = None,
+    threads: load_flags.ThreadsOption = None,
+    mmap: load_flags.MmapOption = None,
+    keep_in_memory: load_flags.MlockOption = None,
+    seed: load_flags.SeedOption = None,
+    offload_kv_cache: load_flags.OffloadKvOption = None,
     json: JsonOption = False,
     host: HostOption = None,
     port: PortOption = None,
 ) -> None:
     """Load a model into memory."""
     gpu_setting = _parse_gpu(gpu)  # a bad value is a usage error (exit 2), daemon or not
+    settings: LoadRequest = {"model": ""}
+    load_flags.add_engine_settings(
+        settings,
+        kv_pool=kv_pool,
+        flash_attention=flash_attention,
+        kv_cache_type_k=kv_cache_type_k,
+        kv_cache_type_v=kv_cache_type_v,
+        threads=threads,
+        use_mmap=mmap,
+        keep_model_in_memory=keep_in_memory,
+        seed=seed,
+        offload_kv_cache_to_gpu=offload_kv_cache,
+    )
     client = make_client(host, port, timeout=600)
     model = _pick(client, key, exact=exact, yes=yes)
-    body: LoadRequest = {"model": model}
+    body: LoadRequest = {**settings, "model": model}
     if ttl is not None:
         body["ttl"] = ttl
     if context_length is not None:
@@ -168,9 +190,14 @@ def _print_estimate(
     if gpu is not None:
         lines.append(f"GPU Offload: {reply['gpu_ratio']:.0%}")
     estimate = reply["estimate"]
+    cells = f"{reply['kv_cells']:,} cells, {reply['kv_pool'].replace('_', '-')}"
+    types = f"K {reply['kv_cache_type_k']}, V {reply['kv_cache_type_v']}"
     lines += [
+        f"Parallel: {reply['parallel']}",
         f"Estimated Weights:      {format_bytes(estimate['weights_bytes'])}",
-        f"Estimated KV Cache:     {format_bytes(estimate['kv_cache_bytes'])}",
+        f"Estimated KV Cache:     {format_bytes(estimate['kv_cache_bytes'])} ({cells}; {types})",
+        f"Estimated Compute:      {format_bytes(estimate['compute_bytes'])}",
+        f"Estimated Runtime:      {format_bytes(estimate['runtime_bytes'])}",
         f"Estimated Total Memory: {format_bytes(estimate['total_bytes'])}",
         f"Available Memory:       {format_bytes(reply['available_bytes'])}"
         f" ({reply['guardrail']} guardrail)",
