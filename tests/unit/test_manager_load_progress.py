@@ -14,6 +14,7 @@ from daemon.config import Settings
 from daemon.engines.handle import start_engine
 from daemon.errors import LoadFailed
 from daemon.instance import Instance, LoadRequest, State
+from daemon.load_progress import LoadProgress
 from daemon.manager import ModelManager
 from tests.unit.test_manager import Clock, FakeStore, fake_model
 
@@ -60,6 +61,23 @@ async def manager(tmp_path: Path, defaults: Defaults) -> AsyncIterator[ModelMana
 
 def engine_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("engine-")}
+
+
+async def test_a_follower_hears_every_new_value_of_a_burst_in_order() -> None:
+    progress = LoadProgress()
+    heard: list[float] = []
+
+    async def follow() -> None:
+        async for value in progress.follow():
+            heard.append(value)
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0)  # following, before the engine reports
+    for value in (0.0, 0.2, 0.2, 0.1, 0.5, 1.0):  # all at once, as a small model loads
+        progress.update(value)
+    progress.finish()
+    await asyncio.wait_for(task, NO_HANG)
+    assert heard == [0.0, 0.2, 0.5, 1.0], "never a repeat, never going back"
 
 
 async def test_the_caller_hears_the_progress_from_0_to_1_in_order(manager: ModelManager) -> None:
