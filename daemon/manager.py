@@ -260,8 +260,7 @@ class ModelManager:
             name: default if getattr(request, name) is None else getattr(request, name)
             for name, default in defaults.items()
         }
-        checked = ("kv_pool", "flash_attention", "kv_cache_type_k", "kv_cache_type_v", "threads")
-        problem = settings_problem(seed=chosen["seed"], **{k: chosen[k] for k in checked})
+        problem = settings_problem(**chosen)
         if problem is not None:
             raise InvalidRequest(problem[1], param=problem[0])
         return chosen

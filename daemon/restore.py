@@ -12,7 +12,7 @@ from typing import Any
 from daemon.config import MAX_SECONDS
 from daemon.errors import LmsError
 from daemon.fsutil import atomic_write_text
-from daemon.instance import LoadRequest
+from daemon.instance import ENGINE_SETTINGS, LoadRequest
 from daemon.manager import ModelManager
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ async def restore(manager: ModelManager, entries: list[dict[str, Any]]) -> None:
             context_length=entry.get("context_length"),
             gpu_ratio=_gpu(entry.get("gpu_ratio", entry.get("gpu"))),
             parallel=entry.get("parallel"),
+            # The engine settings it was loaded with (checked again by the load).
+            **{name: entry.get(name) for name in ENGINE_SETTINGS},
         )
         try:
             await manager.load(

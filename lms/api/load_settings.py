@@ -23,9 +23,11 @@ def settings_problem(
     kv_cache_type_v: str | None = None,
     threads: int | None = None,
     seed: int | None = None,
+    **switches: bool | None,
 ) -> tuple[str, str] | None:
-    """(the field, what is wrong) for the first bad value, else None. A quantized V cache
-    needs flash attention (llama.cpp refuses the context otherwise)."""
+    """(the field, what is wrong) for the first bad value, else None; `switches` are the
+    on/off settings by name. A quantized V cache needs flash attention (llama.cpp refuses
+    the context otherwise)."""
     choices: list[tuple[str, str | None, tuple[str, ...]]] = [
         ("kv_pool", kv_pool, KV_POOLS),
         ("flash_attention", flash_attention, FLASH_ATTENTION),
@@ -35,10 +37,17 @@ def settings_problem(
     for name, value, allowed in choices:
         if value is not None and value not in allowed:
             return name, f"{name} must be one of {', '.join(allowed)} (got {value!r})"
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        return "threads", f"threads must be between 1 and {MAX_THREADS}"
-    if seed is not None and not 0 <= seed < 2**32:
-        return "seed", "seed must be between 0 and 4294967295"
+    if threads is not None and not (_whole(threads) and 1 <= threads <= MAX_THREADS):
+        return "threads", f"threads must be a whole number between 1 and {MAX_THREADS}"
+    if seed is not None and not (_whole(seed) and 0 <= seed < 2**32):
+        return "seed", "seed must be a whole number between 0 and 4294967295"
+    for name, flag in switches.items():
+        if flag is not None and not isinstance(flag, bool):
+            return name, f"{name} must be true or false"
     if kv_cache_type_v not in (None, "f16") and flash_attention == "off":
         return "kv_cache_type_v", "a quantized V cache needs flash attention (on or auto)"
     return None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -226,3 +226,24 @@ def test_an_engine_names_the_settings_it_leaves_aside() -> None:
     spec = LoadSpec("m", "mlx", n_threads=4, flash_attention="off", seed=None)
     assert ignored_settings(spec, frozenset()) == ["flash_attention", "n_threads"]
     assert ignored_settings(spec, frozenset({"n_threads", "flash_attention"})) == []
+
+
+def test_wrong_types_are_problems_not_crashes() -> None:
+    # What a hand-edited restore file or defaults file may hold.
+    assert settings_problem(threads="2")[0] == "threads"  # type: ignore[arg-type,index]
+    assert settings_problem(seed=1.5)[0] == "seed"  # type: ignore[arg-type,index]
+    assert settings_problem(use_mmap="yes")[0] == "use_mmap"  # type: ignore[arg-type,index]
+    assert settings_problem(kv_pool=["shared"])[0] == "kv_pool"  # type: ignore[arg-type,index]
+
+
+async def test_a_restart_loads_again_with_the_same_settings(daemon: Daemon) -> None:
+    from daemon.restore import restore
+
+    manager = daemon.core.manager
+    await restore(manager, [{"model": "echo", "kv_pool": "per_slot", "seed": 5, "threads": 1}])
+    (saved,) = manager.manual_loads()
+    assert (saved["kv_pool"], saved["seed"], saved["threads"]) == ("per_slot", 5, 1)
+    await manager.unload_all()
+    await restore(manager, [saved])  # what the state file gives back after a restart
+    (instance,) = manager.instances()
+    assert (instance.config.kv_pool, instance.config.seed) == ("per_slot", 5)
