@@ -3,74 +3,22 @@
 
 import math
 from collections.abc import Awaitable
-from typing import Any
 
 from aiohttp import web
 
 from daemon.catalog import Catalog, ModelRecord, to_ls_json
-from daemon.compat.durations import parse_seconds
 from daemon.compat.fields import optional, required
-from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
+from daemon.compat.load_settings import parse_load_settings
+from daemon.errors import AmbiguousModel, ModelNotFound
 from daemon.http.errors import read_json_object
 from daemon.http.keys import MANAGER, MODELS
 from daemon.http.load_stream import stream_load
 from daemon.http.routes import ADMIN, Route
-from daemon.instance import ENGINE_SETTINGS, Instance, LoadRequest
+from daemon.instance import ENGINE_SETTINGS, Instance
 from daemon.manager import ModelManager, OnLoadProgress
 from daemon.memory import kv_cells
 from lms.api import lifecycle as api
 from lms.api.models import ModelInfo
-
-
-def _gpu_ratio(value: Any) -> float | None:
-    if value is None:
-        return None
-    if value == "off":
-        return 0.0
-    if value == "max":
-        return 1.0
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
-        return float(value)
-    raise InvalidRequest(
-        '\'gpu\' must be "off", "max" or a number between 0 and 1',
-        param="gpu",
-        code="invalid_value",
-    )
-
-
-def _positive(body: dict[str, Any], name: str) -> int | None:
-    value = optional(body, name, int)
-    if value is not None and value < 1:
-        raise InvalidRequest(f"'{name}' must be at least 1", param=name, code="invalid_value")
-    return value  # type: ignore[no-any-return]
-
-
-def _flash(value: Any) -> str | None:
-    """LM Studio sends a boolean; we also take "on", "off" and "auto"."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    raise InvalidRequest(
-        '\'flash_attention\' must be true, false, "on", "off" or "auto"',
-        param="flash_attention",
-        code="invalid_value",
-    )
-
-
-def engine_settings(body: dict[str, Any]) -> dict[str, Any]:
-    """The load's engine settings given in `body` (the manager checks their values)."""
-    return {
-        "kv_pool": optional(body, "kv_pool", str),
-        "flash_attention": _flash(body.get("flash_attention")),
-        "kv_cache_type_k": optional(body, "kv_cache_type_k", str),
-        "kv_cache_type_v": optional(body, "kv_cache_type_v", str),
-        "threads": _positive(body, "threads"),
-        "use_mmap": optional(body, "use_mmap", bool),
-        "keep_model_in_memory": optional(body, "keep_model_in_memory", bool),
-        "seed": optional(body, "seed", int),
-        "offload_kv_cache_to_gpu": optional(body, "offload_kv_cache_to_gpu", bool),
-    }
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -111,14 +59,10 @@ def instance_json(manager: ModelManager, catalog: Catalog, inst: Instance) -> ap
 async def load(request: web.Request) -> web.StreamResponse:
     body = await read_json_object(request)
     model = required(body, "model", str)
-    load_request = LoadRequest(
-        context_length=_positive(body, "context_length"),
-        gpu_ratio=_gpu_ratio(body.get("gpu")),
-        parallel=_positive(body, "parallel"),
-        **engine_settings(body),
-    )
+    # One parser for the load API and the per-model defaults (compat/load_settings.py).
+    settings = parse_load_settings(body)
+    load_request, ttl = settings.request, settings.ttl
     identifier = optional(body, "identifier", str)
-    ttl = parse_seconds(body.get("ttl"), param="ttl")
     manager = request.app[MANAGER]
     if optional(body, "estimate_only", bool):
         plan = await manager.plan(model, load_request)
