@@ -47,12 +47,16 @@ def _lines(label: str) -> Iterator[Callable[[float], None]]:
     yield show
 
 
+def on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def load_with_progress(client: Client, body: LoadRequest, label: str, *, json: bool) -> LoadReply:
     """Loads, showing the progress on stderr (not with `json`); Ctrl-C cancels the load."""
     if json:
         return client.load(body)
     shown = output.safe(label)
-    display = _bar(shown) if sys.stderr.isatty() else _lines(shown)
+    display = _bar(shown) if on_terminal() else _lines(shown)
     events = client.load_stream(body)
     try:
         with display as show:

@@ -180,6 +180,16 @@ async def test_lms_load_prints_its_progress_as_lines_off_a_terminal(lms: Any) ->
     assert "Model loaded successfully" in result.stderr
 
 
+async def test_lms_load_draws_a_bar_on_a_terminal(
+    lms: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("lms.cli.load_progress.on_terminal", lambda: True)
+    result = await lms("load", "slowpoke")
+    assert result.exit_code == 0, result.output
+    assert "Loading slowpoke: " not in result.stderr, "a bar, not lines"
+    assert "Model loaded successfully" in result.stderr
+
+
 async def test_lms_load_json_prints_no_progress(lms: Any) -> None:
     result = await lms("load", "slowpoke", "--json")
     assert result.exit_code == 0, result.output
