@@ -416,9 +416,7 @@ async def predict(ctx: Context, param: Any, channel: Channel) -> None:
         cancelled = done is None
         model = run.model
         catalog = await ctx.store.catalog()
-        record = next(
-            (i.record for i in ctx.manager.instances() if i.identifier == model.identifier), None
-        )
+        record = next((r for r in catalog.records if r.path == model.path), None)
         info = (
             translate.model_info(record, catalog.public_id(record))
             if record is not None
