@@ -84,7 +84,8 @@ def test_load_with_ttl_then_idle_unload(server: str, lms: LmsRunner) -> None:
     # order of what a user sees.
     result = lms("load", A, "--ttl", "5", check=True)
     assert "Model loaded successfully in" in result.stderr
-    assert result.stderr.split("\n")[0].endswith("s. (98.36 MB)"), "the model's size"
+    done = next(line for line in result.stderr.splitlines() if line.startswith("Model loaded"))
+    assert done.endswith("s. (98.36 MB)"), "the model's size"  # after the progress lines
     assert f'use the identifier "{A}"' in result.stderr
     instance = loaded(lms)[A]
     assert instance["ttlMs"] == 5000 and instance["origin"] == "manual"
