@@ -217,11 +217,11 @@ class Sdk:
 MAX_TOKENS = "llm.prediction.maxPredictedTokens"
 
 
-def chat(text: str, model: str = "echo", **config: Any) -> dict[str, Any]:
+def chat(text: str, model: str = "echo", config: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "modelSpecifier": {"type": "query", "query": {"identifier": model}},
         "history": {"messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]},
-        "predictionConfigStack": _stack(**config),
+        "predictionConfigStack": _stack(**(config or {})),
     }
 
 
@@ -283,7 +283,9 @@ async def test_predict_streams_fragments_and_success(client: Client) -> None:
     sdk = await Sdk.connect(client, "llm")
     messages, end = await sdk.channel(
         "predict",
-        chat("one two three four five six seven", **{MAX_TOKENS: {"checked": True, "value": 3}}),
+        chat(
+            "one two three four five six seven", config={MAX_TOKENS: {"checked": True, "value": 3}}
+        ),
     )
     assert end["type"] == "channelClose", end
     fragments = [m for m in messages if m["type"] == "fragment"]
@@ -309,7 +311,7 @@ async def test_predict_tool_call_and_reasoning(client: Client) -> None:
         ],
     }
     messages, _ = await sdk.channel(
-        "predict", chat("weather?", "toolsmith", **{"llm.prediction.tools": tools})
+        "predict", chat("weather?", "toolsmith", {"llm.prediction.tools": tools})
     )
     kinds = [m["type"] for m in messages]
     assert "toolCallGenerationStart" in kinds
@@ -470,3 +472,49 @@ async def test_a_frame_over_the_limit_closes_only_that_connection(client: Client
         pass
     again = await Sdk.connect(client, "llm")
     assert (await again.rpc("listLoaded"))["type"] == "rpcResult"
+
+
+async def test_discovery_listens_only_while_lm_studio_ports_are_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from aiohttp import ClientSession, web
+
+    from daemon.http import sdk_discovery
+
+    probes = [socket.socket() for _ in range(2)]
+    for probe in probes:
+        probe.bind(("127.0.0.1", 0))
+    ports = tuple(p.getsockname()[1] for p in probes)
+    for probe in probes:
+        probe.close()
+    monkeypatch.setattr(sdk_discovery, "LMSTUDIO_SDK_PORTS", ports)
+
+    async def greeting(request: web.Request) -> web.Response:
+        return web.json_response({"lmstudio": True})
+
+    app = web.Application()
+    app.router.add_get("/lmstudio-greeting", greeting)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    discovery = sdk_discovery.SdkDiscovery()
+    try:
+        await discovery.start(runner, enabled=False, max_connections=8)
+        assert discovery.port is None
+        await discovery.start(runner, enabled=True, max_connections=8)
+        assert discovery.port == ports[0]
+        url = f"http://127.0.0.1:{ports[0]}/lmstudio-greeting"
+        async with ClientSession() as session, session.get(url) as reply:
+            assert await reply.json() == {"lmstudio": True}
+        await discovery.stop()
+        assert discovery.port is None
+        # Another server (LM Studio) on any of its ports: the daemon stays off them all.
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", ports[1]))
+            other.listen()
+            await discovery.start(runner, enabled=True, max_connections=8)
+            assert discovery.port is None
+    finally:
+        await discovery.stop()
+        await runner.cleanup()
