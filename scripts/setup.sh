@@ -34,6 +34,13 @@ if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; 
             "(apt-get install chromium chromium-driver as root to run it)"
     fi
 fi
+# LM Studio's JS SDK for tests/integration/test_sdk_js.py, from its lock (skipped without npm).
+if command -v npm >/dev/null; then
+    echo "==> installing @lmstudio/sdk for the JS SDK test (tests/js, npm ci)"
+    (cd tests/js && npm ci --no-audit --no-fund --silent)
+else
+    echo "==> no npm: the JS SDK test will be skipped (install Node.js 20 to run it)"
+fi
 
 if [ "${1:-}" = "--no-start" ]; then
     exit 0

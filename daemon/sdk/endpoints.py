@@ -252,10 +252,13 @@ async def unload_model(ctx: Context, param: Any) -> Any:
 
 
 async def _follow_load(
-    ctx: Context, channel: Channel, identifier: str, loading: asyncio.Task[Instance]
+    ctx: Context,
+    channel: Channel,
+    identifier: str,
+    loading: asyncio.Task[Instance],
+    progress_type: str,
 ) -> Instance:
-    """Waits for `loading`, sending `loadProgress` as the instance reports it."""
-    await channel.send({"type": "startLoading"})
+    """Waits for `loading`, sending the progress the instance reports."""
     inst = next((i for i in ctx.manager.instances() if i.identifier == identifier), None)
     progress = getattr(inst, "progress", None)
     if progress is not None:
@@ -263,7 +266,7 @@ async def _follow_load(
         async for value in progress.follow():
             if value > last:
                 last = value
-                await channel.send({"type": "loadProgress", "progress": value})
+                await channel.send({"type": progress_type, "progress": value})
     return await loading
 
 
@@ -276,7 +279,7 @@ async def _load(
     identifier: str | None,
     ttl: float | None,
     manual: bool,
-    done_type: str,
+    get_or_load: bool,
 ) -> None:
     record = await ctx.store.resolve(name)
     if (record.type == "embeddings") != (ctx.namespace == "embedding"):
@@ -288,7 +291,11 @@ async def _load(
         )
     catalog = await ctx.store.catalog()
     key = catalog.public_id(record)
-    await channel.send({"type": "resolved", "info": translate.model_info(record, key)})
+    info = translate.model_info(record, key)
+    # getOrLoad: startLoading {info}, loadProgress, loadSuccess; loadModel: resolved
+    # {info}, progress, success (the shapes both SDKs check).
+    if not get_or_load:
+        await channel.send({"type": "resolved", "info": info})
     if not manual and not ctx.manager.settings.jit_loading:
         raise Forbidden(
             "just-in-time loading is off, so loading over the SDK needs an admin API key "
@@ -302,13 +309,17 @@ async def _load(
             name, request, identifier=identifier, ttl=ttl, origin="manual" if manual else "jit"
         )
     )
+    if get_or_load:
+        await channel.send({"type": "startLoading", "identifier": ident, "info": info})
+    progress_type = "loadProgress" if get_or_load else "progress"
     try:
-        inst = await _follow_load(ctx, channel, ident, loading)
+        inst = await _follow_load(ctx, channel, ident, loading, progress_type)
     finally:
         if not loading.done():
             loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading
+    done_type = "loadSuccess" if get_or_load else "success"
     await channel.send({"type": done_type, "info": await _instance_info(ctx, inst)})
 
 
@@ -329,7 +340,7 @@ async def get_or_load(ctx: Context, param: Any, channel: Channel) -> None:
     ttl = translate.ttl_seconds(param.get("loadTtlMs"), "loadTtlMs")
     request = _load_request(ctx, param)
     await _load(
-        ctx, channel, name, request, identifier=None, ttl=ttl, manual=False, done_type="loadSuccess"
+        ctx, channel, name, request, identifier=None, ttl=ttl, manual=False, get_or_load=True
     )
 
 
@@ -348,7 +359,7 @@ async def load_model(ctx: Context, param: Any, channel: Channel) -> None:
         identifier=identifier,
         ttl=ttl,
         manual=ctx.admin,
-        done_type="success",
+        get_or_load=False,
     )
 
 
@@ -417,12 +428,21 @@ async def predict(ctx: Context, param: Any, channel: Channel) -> None:
         model = run.model
         catalog = await ctx.store.catalog()
         record = next((r for r in catalog.records if r.path == model.path), None)
-        info = (
-            translate.model_info(record, catalog.public_id(record))
-            if record is not None
-            else {"modelKey": model.model_key, "path": model.path}
+        key = catalog.public_id(record) if record is not None else model.model_key
+        instance = next(
+            (i for i in ctx.manager.instances() if i.identifier == model.identifier), None
         )
-        info = {**info, "type": "llm"}
+        info: dict[str, Any] = (
+            translate.model_info(record, key) if record is not None else {"path": model.path}
+        )
+        info = {
+            **info,
+            "type": "llm",
+            "modelKey": key,
+            "identifier": model.identifier,
+            "instanceReference": instance.reference if instance is not None else "",
+            "contextLength": model.context_length,
+        }
         await channel.send(
             {
                 "type": "success",

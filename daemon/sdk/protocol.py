@@ -125,7 +125,13 @@ def parse_frame(text: str | bytes) -> Frame:
         return ChannelCreate(_endpoint(data), _id(data, "channelId"), data.get("creationParameter"))
     if kind == "channelSend":
         return ChannelSend(_id(data, "channelId"), data.get("message"))
-    if kind in ("channelAck", "signalUnsubscribe", "writableSignalUnsubscribe", "keepAlive"):
+    if kind in (
+        "channelAck",
+        "communicationWarning",
+        "signalUnsubscribe",
+        "writableSignalUnsubscribe",
+        "keepAlive",
+    ):
         return Ignored(kind)
     if kind in ("signalSubscribe", "writableSignalSubscribe"):
         return Ignored(kind, _id(data, "subscribeId"))

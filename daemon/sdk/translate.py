@@ -285,6 +285,7 @@ def fragment(text: str, *, reasoning: str = "none", tokens: int = 1) -> dict[str
             "tokensCount": tokens,
             "containsDrafted": False,
             "reasoningType": reasoning,
+            "isStructural": False,
         },
     }
 
