@@ -191,8 +191,7 @@ async def get_model_info(ctx: Context, param: Any) -> Any:
 
 async def get_load_config(ctx: Context, param: Any) -> Any:
     inst = _loaded_instance(ctx, _dict(param, "parameter").get("specifier"))
-    gpu = inst.config.gpu_ratio
-    return translate.load_config(_context_length(inst), 1.0 if gpu is None else gpu, ctx.namespace)
+    return translate.load_config(_context_length(inst), inst.config.gpu_ratio, ctx.namespace)
 
 
 async def count_tokens(ctx: Context, param: Any) -> Any:
@@ -252,21 +251,28 @@ async def unload_model(ctx: Context, param: Any) -> Any:
 
 
 async def _follow_load(
-    ctx: Context,
     channel: Channel,
-    identifier: str,
-    loading: asyncio.Task[Instance],
+    loading: asyncio.Future[Instance],
+    progress: asyncio.Queue[float],
     progress_type: str,
 ) -> Instance:
-    """Waits for `loading`, sending the progress the instance reports."""
-    inst = next((i for i in ctx.manager.instances() if i.identifier == identifier), None)
-    progress = getattr(inst, "progress", None)
-    if progress is not None:
-        last = 0.0
-        async for value in progress.follow():
-            if value > last:
-                last = value
-                await channel.send({"type": progress_type, "progress": value})
+    """Waits for `loading`, sending the progress (0..1) it reports on the way."""
+    last = 0.0
+    while not loading.done() or not progress.empty():
+        getter = asyncio.ensure_future(progress.get())
+        cancel = asyncio.ensure_future(channel.cancelled.wait())
+        await asyncio.wait((getter, loading, cancel), return_when=asyncio.FIRST_COMPLETED)
+        cancel.cancel()
+        if channel.cancelled.is_set() and not loading.done():
+            getter.cancel()
+            raise LmsError("the load was cancelled")
+        if not getter.done():
+            getter.cancel()
+            continue
+        value = getter.result()
+        if value > last:
+            last = value
+            await channel.send({"type": progress_type, "progress": value})
     return await loading
 
 
@@ -302,20 +308,24 @@ async def _load(
             "(or `lms load`)"
         )
     ident = identifier or key
-    if ttl is None and not manual:
-        ttl = ctx.manager.settings.jit_ttl or None
+    progress: asyncio.Queue[float] = asyncio.Queue()
     loading = asyncio.ensure_future(
         ctx.manager.load(
-            name, request, identifier=identifier, ttl=ttl, origin="manual" if manual else "jit"
+            name,
+            request,
+            identifier=identifier,
+            ttl=ttl,
+            origin="manual" if manual else "jit",
+            on_progress=lambda _, value: progress.put_nowait(value),
         )
     )
     if get_or_load:
         await channel.send({"type": "startLoading", "identifier": ident, "info": info})
     progress_type = "loadProgress" if get_or_load else "progress"
     try:
-        inst = await _follow_load(ctx, channel, ident, loading, progress_type)
+        inst = await _follow_load(channel, loading, progress, progress_type)
     finally:
-        if not loading.done():
+        if not loading.done():  # the client went away: the manager abandons the load
             loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading
@@ -448,7 +458,11 @@ async def predict(ctx: Context, param: Any, channel: Channel) -> None:
                 "type": "success",
                 "stats": translate.stats(done, cancelled=cancelled, gpu_layers=0),
                 "modelInfo": info,
-                "loadModelConfig": translate.load_config(model.context_length, 0.0, "llm"),
+                "loadModelConfig": translate.load_config(
+                    model.context_length,
+                    instance.config.gpu_ratio if instance is not None else 0.0,
+                    "llm",
+                ),
                 "predictionConfig": translate.kv_config(request.config),
             }
         )

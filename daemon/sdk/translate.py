@@ -340,11 +340,14 @@ def instance_info(
     }
 
 
-def load_config(context: int, gpu_ratio: float, namespace: str) -> dict[str, Any]:
+def load_config(context: int, gpu_ratio: float | None, namespace: str) -> dict[str, Any]:
+    """A loaded instance's settings as a KV config (a GPU ratio of None: all it can)."""
     prefix = "embedding" if namespace == "embedding" else "llm"
     return kv_config(
         {
             f"{prefix}.load.contextLength": context,
-            f"{prefix}.load.llama.acceleration.offloadRatio": gpu_ratio,
+            f"{prefix}.load.llama.acceleration.offloadRatio": 1.0
+            if gpu_ratio is None
+            else gpu_ratio,
         }
     )

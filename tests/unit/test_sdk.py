@@ -518,3 +518,59 @@ async def test_discovery_listens_only_while_lm_studio_ports_are_free(
     finally:
         await discovery.stop()
         await runner.cleanup()
+
+
+def _slow_model(root: Path) -> None:
+    from daemon.engines.fake_impl import GGUF_OPTIONS_KEY
+    from tests.fixtures.gguf_factory import PLAIN_TEMPLATE, write_gguf
+
+    write_gguf(
+        root / "models" / "test" / "slow" / "slow-Q4_K_M.gguf",
+        arch="llama",
+        name="slow",
+        chat_template=PLAIN_TEMPLATE,
+        context_length=4096,
+        extra={GGUF_OPTIONS_KEY: json.dumps({"load_delay": 0.3})},
+    )
+
+
+async def test_load_model_reports_progress_and_a_cancel_abandons_it(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    _slow_model(tmp_path)
+    async with running_daemon(tmp_path) as daemon:
+        client = await aiohttp_client(daemon.app)
+        sdk = await Sdk.connect(client, "llm")
+        messages, end = await sdk.channel("loadModel", {"modelKey": "slow"})
+        assert end["type"] == "channelClose", end
+        kinds = [m["type"] for m in messages]
+        assert kinds[0] == "resolved" and kinds[-1] == "success"
+        progress = [m["progress"] for m in messages if m["type"] == "progress"]
+        assert len(progress) >= 3 and progress == sorted(progress) and progress[-1] == 1.0
+        assert messages[-1]["info"]["identifier"] == "slow"
+        await daemon.core.manager.unload("slow")
+        # A cancel while it loads: a channel error, and the load is abandoned.
+        channel_id = await sdk.open("getOrLoad", {"identifier": "slow"})
+        while True:
+            frame = await sdk.ws.receive_json()
+            if frame.get("message", {}).get("type") == "loadProgress":
+                break
+        cancel = {"type": "channelSend", "channelId": channel_id, "message": {"type": "cancel"}}
+        await sdk.ws.send_json(cancel)
+        _, end = await sdk.messages(channel_id)
+        assert end["type"] == "channelError" and "cancelled" in end["error"]["title"]
+        for _ in range(300):
+            if not daemon.core.manager.instances():
+                break
+            await asyncio.sleep(0.01)
+        assert daemon.core.manager.instances() == []
+
+
+async def test_an_llm_cannot_load_through_the_embedding_namespace(client: Client) -> None:
+    sdk = await Sdk.connect(client, "embedding")
+    _, end = await sdk.channel("getOrLoad", {"identifier": "echo"})
+    assert end["type"] == "channelError" and "llm namespace" in end["error"]["title"]
+    spec = {"type": "query", "query": {"identifier": "embedder"}}
+    llm = await Sdk.connect(client, "llm")
+    _, end = await llm.channel("predict", {**chat("hi"), "modelSpecifier": spec})
+    assert end["type"] == "channelError" and "embedding model" in end["error"]["title"]
