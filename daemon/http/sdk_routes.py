@@ -26,7 +26,7 @@ from daemon.http.keys import CONTROL, MANAGER, MODELS, PREDICTIONS
 from daemon.http.routes import PUBLIC, Route
 from daemon.http.security import presented_key
 from daemon.sdk import protocol
-from daemon.sdk.endpoints import Context
+from daemon.sdk.context import Context
 from daemon.sdk.session import Session
 from lms.api.version import __version__
 

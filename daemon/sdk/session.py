@@ -18,7 +18,7 @@ from typing import Any
 
 from daemon.errors import LmsError
 from daemon.sdk import endpoints, protocol
-from daemon.sdk.endpoints import Channel, Context
+from daemon.sdk.context import Channel, ChannelHandler, Context, Rpc
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Session:
 
         return send
 
-    async def _rpc(self, handler: endpoints.Rpc, call: protocol.RpcCall) -> None:
+    async def _rpc(self, handler: Rpc, call: protocol.RpcCall) -> None:
         try:
             result = await handler(self.ctx, call.parameter)
         except asyncio.CancelledError:
@@ -125,7 +125,7 @@ class Session:
 
     async def _channel(
         self,
-        handler: endpoints.ChannelHandler,
+        handler: ChannelHandler,
         create: protocol.ChannelCreate,
         channel: Channel,
     ) -> None:

@@ -164,7 +164,7 @@ def history_messages(history: Any) -> tuple[Message, ...]:
 # -- predict ----------------------------------------------------------------------------------
 
 
-def _tools(value: Any) -> ToolSetup | None:
+def tool_setup(value: Any) -> ToolSetup | None:
     if value is None:
         return None
     value = _dict(value, "rawTools")
@@ -256,7 +256,7 @@ def predict_request(model: str, parameter: Any, ttl: float | None) -> PredictReq
     params = sampling(config, GenerationParams())
     if grammar is not None:
         params = GenerationParams(**{**params.__dict__, "grammar": grammar})
-    tools = _tools(config.get("llm.prediction.tools"))
+    tools = tool_setup(config.get("llm.prediction.tools"))
     prompt: str | None = None
     if _is_completion(config.get("llm.prediction.promptTemplate")):
         prompt = "".join(m.text for m in messages)
