@@ -9,7 +9,8 @@ import contextlib
 from typing import Any
 
 from daemon.errors import Forbidden, InvalidRequest, LmsError
-from daemon.instance import Instance, LoadRequest
+from daemon.eviction import auto_evict_victims
+from daemon.instance import Instance, LoadRequest, State
 from daemon.sdk import translate
 from daemon.sdk.context import (
     Channel,
@@ -91,6 +92,11 @@ async def _load(
             "(or `lms load`)"
         )
     ident = identifier or key
+    evicted: list[dict[str, Any]] = []  # the JIT models this JIT load will unload first
+    if not manual and ctx.manager.settings.auto_evict:
+        loaded = [i for i in ctx.manager.instances() if i.state is State.LOADED]
+        victims = auto_evict_victims([i.facts() for i in loaded], loading=ident)
+        evicted = [await instance_info(ctx, i) for i in loaded if i.identifier in victims]
     progress: asyncio.Queue[float] = asyncio.Queue()
     loading = asyncio.ensure_future(
         ctx.manager.load(
@@ -104,6 +110,8 @@ async def _load(
     )
     if get_or_load:
         await channel.send({"type": "startLoading", "identifier": ident, "info": info})
+        for other_info in evicted:
+            await channel.send({"type": "unloadingOtherJITModel", "info": other_info})
     progress_type = "loadProgress" if get_or_load else "progress"
     try:
         inst = await _follow_load(channel, loading, progress, progress_type)

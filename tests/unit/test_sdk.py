@@ -574,3 +574,14 @@ async def test_an_llm_cannot_load_through_the_embedding_namespace(client: Client
     llm = await Sdk.connect(client, "llm")
     _, end = await llm.channel("predict", {**chat("hi"), "modelSpecifier": spec})
     assert end["type"] == "channelError" and "embedding model" in end["error"]["title"]
+
+
+async def test_get_or_load_says_which_jit_model_it_evicts(client: Client, daemon: Daemon) -> None:
+    sdk = await Sdk.connect(client, "llm")
+    _, end = await sdk.channel("getOrLoad", {"identifier": "echo"})
+    assert end["type"] == "channelClose"
+    messages, end = await sdk.channel("getOrLoad", {"identifier": "thinker"})
+    assert end["type"] == "channelClose"
+    evicted = [m["info"]["identifier"] for m in messages if m["type"] == "unloadingOtherJITModel"]
+    assert evicted == ["echo"]
+    assert [i.identifier for i in daemon.core.manager.instances()] == ["thinker"]
