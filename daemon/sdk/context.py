@@ -99,7 +99,7 @@ def no_model(ctx: Context, query: Any) -> NoModelMatching:
     return exc
 
 
-def specified(ctx: Context, specifier: Any) -> tuple[str | None, Instance | None]:
+def specified(ctx: Context, specifier: Any) -> tuple[str, Instance | None]:
     """A model specifier: (the name to lease for a query by identifier or path, the
     loaded instance it names if any). An empty query means any loaded model."""
     spec = as_dict(specifier, "specifier")

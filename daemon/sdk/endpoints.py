@@ -30,7 +30,6 @@ from daemon.sdk.context import (
     loaded_instance,
     loaded_instances,
     specified,
-    string_field,
 )
 from daemon.sdk.predict import predict
 
@@ -49,6 +48,13 @@ async def version(ctx: Context, param: Any) -> Any:
 
 
 # -- llm and embedding: listings and info -----------------------------------------------------
+
+
+def _text(param: dict[str, Any], name: str) -> str:
+    value = param.get(name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string", param=name)
+    return value
 
 
 async def list_loaded(ctx: Context, param: Any) -> Any:
@@ -74,7 +80,7 @@ async def get_load_config(ctx: Context, param: Any) -> Any:
 async def count_tokens(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
     inst = loaded_instance(ctx, param.get("specifier"))
-    text = string_field(param, "inputString") if param.get("inputString") != "" else ""
+    text = _text(param, "inputString")
     async with ctx.manager.lease(inst.identifier) as lease:
         return {"tokenCount": await lease.engine.count_tokens(text)}
 
@@ -104,10 +110,7 @@ async def apply_prompt_template(ctx: Context, param: Any) -> Any:
 async def embed_string(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
     name, _ = specified(ctx, param.get("modelSpecifier"))
-    assert name is not None
-    text = param.get("inputString")
-    if not isinstance(text, str):
-        raise InvalidRequest("'inputString' must be a string", param="inputString")
+    text = _text(param, "inputString")
     embedded = await ctx.predictions.embed(EmbeddingRequest(model=name, inputs=(text,)))
     return {"embedding": embedded.vectors[0]}
 
