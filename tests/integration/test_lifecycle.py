@@ -286,3 +286,26 @@ def test_manual_loads_come_back_after_a_restart(server: str, lms: LmsRunner) -> 
     restored = loaded(lms)
     assert set(restored) == {M}
     assert restored[M]["origin"] == "manual" and restored[M]["ttlMs"] == 600_000
+
+
+def test_load_settings_and_the_estimate_through_the_cli(server: str, lms: LmsRunner) -> None:
+    flags = ["-c", "4096", "--parallel", "4", "--kv-cache-type-k", "q8_0", "--threads", "1"]
+    text = lms("load", A, *flags, "--estimate-only", check=True).stdout
+    for part in ("Weights", "KV Cache", "Compute", "Runtime", "Total Memory"):
+        assert f"Estimated {part}:" in text, text
+    assert "4,096 cells, shared; K q8_0, V f16" in text
+    shared = lms.json("load", A, *flags, "--estimate-only")
+    per_slot = lms.json("load", A, *flags, "--kv-pool", "per_slot", "--estimate-only")
+    assert per_slot["kv_cells"] == 4 * shared["kv_cells"] == 4 * 4096
+    assert per_slot["estimate"]["kv_cache_bytes"] == 4 * shared["estimate"]["kv_cache_bytes"]
+    bad = lms("load", A, "--kv-cache-type-v", "q4_0", "--flash-attention", "off")
+    assert bad.returncode == 2 and "kv-cache-type-v" in bad.stderr
+    lms("load", A, *flags, "--seed", "9", "--no-mmap", check=True)
+    (instance,) = lms.json("ps")
+    settings = instance["loadSettings"]
+    assert (settings["kv_cache_type_k"], settings["threads"]) == ("q8_0", 1)
+    assert (settings["seed"], settings["use_mmap"], settings["kv_pool"]) == (9, False, "shared")
+    assert instance["ignoredSettings"] == []
+    # What `lms ps` shows is the worker's measured memory: the estimate was within 15%.
+    measured = psutil.Process(instance["pid"]).memory_info().rss
+    assert abs(shared["estimate"]["total_bytes"] / measured - 1) <= 0.15
