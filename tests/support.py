@@ -229,7 +229,9 @@ class SseStream:
         from urllib.parse import urlparse
 
         parsed = urlparse(base_url)
-        self.conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+        self.conn = http.client.HTTPConnection(
+            parsed.hostname or "127.0.0.1", parsed.port, timeout=timeout
+        )
         self.conn.request(
             "POST", path, json.dumps({**body, "stream": True}), {"Content-Type": "application/json"}
         )

@@ -158,9 +158,9 @@ def test_config_set_is_live_and_survives_a_restart(
     assert http_get(f"{url}/v1/models")[1]["data"] == [], "applied at once"
     lms("server", "config", "set", "jit_ttl", "120", check=True)
     bad = lms("server", "config", "set", "guardrail", "loose")
-    assert bad.returncode == 1 and "guardrail" in bad.stderr
+    assert bad.returncode == 2 and "guardrail" in bad.stderr
     typo = lms("server", "config", "set", "jit_ttll", "1")
-    assert typo.returncode == 1 and "unknown setting" in typo.stderr
+    assert typo.returncode == 2 and "unknown setting" in typo.stderr
 
     lms("daemon", "down", check=True)
     lms("server", "start", "--port", str(free_port), check=True)
