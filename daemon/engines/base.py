@@ -321,6 +321,10 @@ class Engine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids the engine makes of `text` when it is a prompt."""
+        ...
+
     def close(self) -> None: ...
 
 

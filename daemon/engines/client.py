@@ -183,6 +183,9 @@ class EngineClient:
     async def count_tokens(self, text: str) -> int:
         return int(await self._call(Op.COUNT_TOKENS, text=text))
 
+    async def tokenize(self, text: str) -> list[int]:
+        return [int(t) for t in await self._call(Op.TOKENIZE, text=text)]
+
     async def _load(self, spec: LoadSpec, on_progress: OnProgress | None) -> None:
         """Loads the model; `on_progress` hears how far it has got. Cancelling this tells
         the engine to stop loading (the caller then closes or kills it)."""

@@ -191,6 +191,9 @@ class FakeEngine(DelegatedSlots):
     def count_tokens(self, text: str) -> int:
         return len(TOKEN_RE.findall(text))
 
+    def tokenize(self, text: str) -> list[int]:
+        return [token_id(piece) for piece in TOKEN_RE.findall(text)]
+
     def render_chat(
         self,
         messages: list[dict[str, Any]],

@@ -48,6 +48,8 @@ class EngineHandle(Protocol):
 
     async def count_tokens(self, text: str) -> int: ...
 
+    async def tokenize(self, text: str) -> list[int]: ...
+
     async def render_chat(
         self,
         messages: list[dict[str, Any]],

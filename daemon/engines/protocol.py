@@ -42,6 +42,7 @@ class Op(StrEnum):
     EMBED = "embed"  # texts -> result: EmbedResult
     RENDER_CHAT = "render_chat"  # messages, tools, add_generation_prompt -> result: str
     COUNT_TOKENS = "count_tokens"  # text -> result: int
+    TOKENIZE = "tokenize"  # text -> result: list[int] (as a prompt is tokenized)
     SHUTDOWN = "shutdown"  # cancel everything, close the engine, exit 0
 
 

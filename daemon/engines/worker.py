@@ -6,7 +6,7 @@ at once: a running generation sees it before its next token, a queued one is dro
 the main thread runs the slot scheduler: generations take free slots in arrival order
 (the rest wait here), every active slot advances one token per step (one batched decode
 for engines that can, see base.BatchingEngine; one generation at a time otherwise), and
-quick requests (count_tokens, render_chat) are served between two steps.
+quick requests (count_tokens, tokenize, render_chat) are served between two steps.
 
 The worker never outlives the daemon: it exits when the socket closes, and on Linux the
 kernel kills it when the daemon dies (PR_SET_PDEATHSIG). It ignores SIGINT: Ctrl-C goes
@@ -247,6 +247,8 @@ class WorkerServer:
         try:
             if kind == Op.COUNT_TOKENS:
                 value: object = self._loaded().count_tokens(str(message["text"]))
+            elif kind == Op.TOKENIZE:
+                value = self._loaded().tokenize(str(message["text"]))
             elif kind == Op.RENDER_CHAT:
                 value = self._loaded().render_chat(
                     message["messages"],

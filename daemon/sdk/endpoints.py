@@ -86,12 +86,11 @@ async def count_tokens(ctx: Context, param: Any) -> Any:
 
 
 async def tokenize(ctx: Context, param: Any) -> Any:
-    loaded_instance(ctx, as_dict(param, "parameter").get("specifier"))
-    raise InvalidRequest(
-        "tokenize is not supported by lmsd yet (its engines do not hand out token ids); "
-        "countTokens is",
-        code="unsupported_endpoint",
-    )
+    param = as_dict(param, "parameter")
+    inst = loaded_instance(ctx, param.get("specifier"))
+    text = _text(param, "inputString")
+    async with ctx.manager.lease(inst.identifier) as lease:
+        return {"tokens": await lease.engine.tokenize(text)}
 
 
 async def apply_prompt_template(ctx: Context, param: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import RunningDaemon
+from tests.support import smollm2_file
 
 lms = pytest.importorskip("lmstudio")
 
@@ -154,8 +155,24 @@ def test_tokens_and_prompt_template(client: Any) -> None:
     chat.add_user_message("Hi")
     formatted = model.apply_prompt_template(chat)
     assert "Be brief." in formatted and "Hi" in formatted
-    with pytest.raises(lms.LMStudioServerError, match="tokenize is not supported"):
-        model.tokenize("Hello")
+
+
+def test_tokenize_gives_the_ids_llama_cpp_makes(client: Any) -> None:
+    """The ids come from the model's own vocabulary: llama.cpp, reading only the same file's
+    vocabulary here in the test, makes the same ones (BOS first, as for a prompt)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = smollm2_file()
+    assert path is not None
+    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    text = "Hello there, world <|im_start|>"
+    expected = vocab.tokenize(text.encode(), add_bos=True, special=True)
+    model = client.llm.model(MODEL)
+    assert list(model.tokenize(text)) == expected
+    assert len(expected) == model.count_tokens(text)
+    assert [list(t) for t in model.tokenize(["one", "two three"])] == [
+        vocab.tokenize(b"one", add_bos=True, special=True),
+        vocab.tokenize(b"two three", add_bos=True, special=True),
+    ]
 
 
 def test_unknown_model_is_model_not_found(client: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType
 
+from daemon.engines.fake_impl import token_id
 from daemon.errors import ModelNotFound
 from daemon.sdk import protocol, translate
 from daemon.server import Daemon
@@ -260,8 +261,11 @@ async def test_get_or_load_then_list_info_config_and_unload(client: Client, daem
     history = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     formatted = await sdk.rpc("applyPromptTemplate", {"specifier": spec, "history": history})
     assert "hi" in formatted["result"]["formatted"]
-    tokenize = await sdk.rpc("tokenize", {"specifier": spec, "inputString": "x"})
-    assert tokenize["type"] == "rpcError" and "tokenize" in tokenize["error"]["title"]
+    tokenize = await sdk.rpc("tokenize", {"specifier": spec, "inputString": "one two three"})
+    assert tokenize["result"]["tokens"] == [token_id(w) for w in ("one ", "two ", "three")]
+    assert len(tokenize["result"]["tokens"]) == count["result"]["tokenCount"]
+    no_text = await sdk.rpc("tokenize", {"specifier": spec})
+    assert no_text["type"] == "rpcError" and "inputString" in no_text["error"]["title"]
     assert (await sdk.rpc("unloadModel", {"identifier": "echo"}))["type"] == "rpcResult"
     assert (await sdk.rpc("listLoaded"))["result"] == []
     # The embedding namespace lists only embedding models.
