@@ -39,7 +39,7 @@ from lms.api.models import ModelInfo
 
 log = logging.getLogger(__name__)
 
-ModelFormat = Literal["gguf", "mlx"]
+ModelFormat = Literal["gguf", "mlx", "remote"]  # remote: served by an upstream (daemon/remote)
 ModelType = Literal["llm", "vlm", "embeddings"]
 ModelState = Literal["loaded", "not-loaded"]
 HeaderReader = Callable[[Path], GgufInfo]

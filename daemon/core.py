@@ -24,6 +24,9 @@ from daemon.model_defaults import ModelDefaults
 from daemon.model_store import ModelStore, models_dirs_for
 from daemon.prediction.conversations import ConversationStore
 from daemon.prediction.service import PredictionService
+from daemon.remote.config import UpstreamStore
+from daemon.remote.pool import UpstreamPool
+from daemon.remote.router import Router
 
 
 class Core:
@@ -57,7 +60,12 @@ class Core:
                 max(0, i.in_flight - i.config.parallel) for i in self.manager.instances()
             ),
         )
-        self.predictions = PredictionService(self.manager, self.metrics, self.events)
+        # Remote upstreams (docs/scale-out.md): their file holds their keys, 0600.
+        self.upstreams = UpstreamPool(
+            UpstreamStore(state_dir / "upstreams.json"), self.metrics.registry
+        )
+        self.router = Router(self.manager, self.upstreams)
+        self.predictions = PredictionService(self.manager, self.metrics, self.events, self.router)
         # Responses kept for `previous_response_id` (Responses API, REST v1 chat).
         self.conversations = ConversationStore()
         self._restoring: asyncio.Task[None] | None = None
@@ -73,6 +81,7 @@ class Core:
         """The TTL reaper, then (in the background) what `lms load` had loaded before the
         last stop and the config's `preload` list."""
         self.manager.start()
+        self.upstreams.start()
         settings = self.manager.settings
         at_start = restore.read(self._loads_file) if settings.restore_on_restart else []
         at_start += settings.preload
@@ -84,4 +93,5 @@ class Core:
             self._restoring.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._restoring
+        await self.upstreams.close()
         await self.manager.close()

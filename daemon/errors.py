@@ -23,7 +23,9 @@ status and the OpenAI error envelope in one table. Nothing matches on message te
     ├── EngineError            an engine failed one request; its worker lives on
     ├── ProtocolError          a malformed frame on a worker's private socket
     ├── InsufficientMemory     the memory guardrail refuses a load; gives both numbers
-    └── ServerBusy             an instance's slots and queue are full (503 + Retry-After)
+    ├── ServerBusy             an instance's slots and queue are full (503 + Retry-After)
+    ├── UpstreamFailed         a remote upstream answered badly or went away (502)
+    └── UpstreamUnavailable    no upstream can serve a remote model now (503)
 
     InvalidRequest also has  ContextOverflow  (prompt longer than the loaded context).
 """
@@ -194,3 +196,22 @@ class Unauthorized(LmsError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.code = "invalid_api_key"
+
+
+class UpstreamFailed(LmsError):
+    """A remote upstream (daemon/remote) failed a request: refused it, broke its stream,
+    sent something malformed or too large, or did not answer in time (502). The message
+    names the upstream, never its key."""
+
+    def __init__(self, upstream: str, message: str) -> None:
+        super().__init__(f"upstream {upstream!r}: {message}")
+        self.upstream = upstream
+
+
+class UpstreamUnavailable(LmsError):
+    """No upstream can serve a remote model now: every one that serves it is down, its
+    circuit open, or full (503)."""
+
+    def __init__(self, message: str, *, upstreams: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.upstreams = upstreams

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 from lms.api import admin, chat, lifecycle, log, settings
 from lms.api import model_defaults as defaults_api  # `model_defaults` is a method below
 from lms.api import models as catalog  # `models` is a method below
+from lms.api import upstreams as upstreams_api  # `upstreams` is a method below
 from lms.api.load_stream import LoadEvent
 from lms.transport import (
     ApiError,
@@ -204,6 +205,31 @@ class Client(Transport):
         request: settings.ConfigSetRequest = {"key": key, "value": value}
         reply = self.request("POST", settings.CONFIG_PATH, request)
         return cast(settings.ConfigSetReply, reply)
+
+    # -- upstreams ---------------------------------------------------------------------
+
+    def upstreams(self) -> upstreams_api.UpstreamListing:
+        """`GET /api/admin/upstreams`: never the upstreams' keys."""
+        reply = self.request("GET", upstreams_api.UPSTREAMS_PATH)
+        return cast(upstreams_api.UpstreamListing, reply)
+
+    def add_upstream(self, body: upstreams_api.UpstreamRequest) -> upstreams_api.UpstreamStatus:
+        """`POST /api/admin/upstreams` (admin)."""
+        reply = self.request("POST", upstreams_api.UPSTREAMS_PATH, body)
+        return cast(upstreams_api.UpstreamStatus, reply)
+
+    def remove_upstream(self, name: str) -> upstreams_api.UpstreamListing:
+        """`DELETE /api/admin/upstreams/{name}` (admin)."""
+        reply = self.request("DELETE", f"{upstreams_api.UPSTREAMS_PATH}/{quote(name, safe='')}")
+        return cast(upstreams_api.UpstreamListing, reply)
+
+    def set_upstream_policy(
+        self, model: str, policy: upstreams_api.Policy | None
+    ) -> upstreams_api.UpstreamListing:
+        """`POST /api/admin/upstreams/policy` (admin)."""
+        body: upstreams_api.PolicyRequest = {"model": model, "policy": policy}
+        reply = self.request("POST", upstreams_api.POLICY_PATH, body)
+        return cast(upstreams_api.UpstreamListing, reply)
 
     def keys(self) -> list[settings.KeyInfo]:
         """`GET /api/admin/keys` (Unix socket only)."""

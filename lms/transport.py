@@ -120,6 +120,7 @@ class Transport:
         host: str | None = None,
         port: int | None = None,
         timeout: float = 30.0,
+        api_key: str | None = None,
     ) -> None:
         if socket_path is None and host is None:
             raise ValueError("need a socket path or a host")
@@ -127,6 +128,7 @@ class Transport:
         self.host = host
         self.port = port or 1234
         self.timeout = timeout
+        self.api_key = api_key  # sent over TCP only (the Unix socket needs none)
         self._version_checked = False
 
     @property
@@ -157,6 +159,8 @@ class Transport:
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn = self._connection(timeout)
         headers = {"Accept": "application/json"}
+        if self.api_key is not None and self.host is not None:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()

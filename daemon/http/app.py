@@ -16,6 +16,7 @@ from daemon.http import (
     rest_v1_routes,
     sdk_routes,
     settings_routes,
+    upstream_routes,
 )
 from daemon.http.browsers import browser_middleware
 from daemon.http.control import DaemonControl
@@ -29,6 +30,7 @@ from daemon.http.keys import (
     MODEL_DEFAULTS,
     MODELS,
     PREDICTIONS,
+    UPSTREAMS,
 )
 from daemon.http.openapi import OPENAPI_PATH, openapi
 from daemon.http.routes import KEY, PUBLIC, Route, register
@@ -122,6 +124,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
     app[PREDICTIONS] = core.predictions
     app[CONVERSATIONS] = core.conversations
     app[MODEL_DEFAULTS] = core.model_defaults
+    app[UPSTREAMS] = core.upstreams
     app.on_response_prepare.append(add_headers)
     register(
         app,
@@ -138,6 +141,7 @@ def create_app(control: DaemonControl, core: Core) -> web.Application:
             *responses_routes.routes(),
             *rest_v1_routes.routes(),
             *settings_routes.routes(),
+            *upstream_routes.routes(),
             *sdk_routes.routes(app),  # LM Studio's SDK WebSockets
         ],
     )

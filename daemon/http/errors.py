@@ -27,6 +27,8 @@ from daemon.errors import (
     StartupError,
     Unauthorized,
     UnsupportedMediaType,
+    UpstreamFailed,
+    UpstreamUnavailable,
     WorkerCrashed,
 )
 from daemon.http.routes import error_shape_of
@@ -50,6 +52,8 @@ ERROR_TABLE: dict[type[LmsError], tuple[int, str, str | None]] = {
     WorkerCrashed: (502, "server_error", "model_crashed"),
     ModelUnloaded: (503, "server_error", "model_unloaded"),
     ServerBusy: (503, "server_error", "server_busy"),
+    UpstreamFailed: (502, "server_error", "upstream_failed"),
+    UpstreamUnavailable: (503, "server_error", "upstream_unavailable"),
     EngineError: (500, "server_error", "engine_error"),
     LmsError: (500, "server_error", None),
 }

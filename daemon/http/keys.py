@@ -10,6 +10,7 @@ from daemon.model_defaults import ModelDefaults
 from daemon.model_store import ModelStore
 from daemon.prediction.conversations import ConversationStore
 from daemon.prediction.service import PredictionService
+from daemon.remote.pool import UpstreamPool
 
 CONTROL = web.AppKey("control", DaemonControl)
 MODELS = web.AppKey("models", ModelStore)
@@ -19,3 +20,4 @@ METRICS = web.AppKey("metrics", Metrics)
 PREDICTIONS = web.AppKey("predictions", PredictionService)
 CONVERSATIONS = web.AppKey("conversations", ConversationStore)
 MODEL_DEFAULTS = web.AppKey("model_defaults", ModelDefaults)
+UPSTREAMS = web.AppKey("upstreams", UpstreamPool)

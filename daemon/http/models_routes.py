@@ -9,8 +9,9 @@ from aiohttp import web
 
 from daemon.catalog import Catalog, ModelRecord, ModelState, to_ls_json, to_v0_dict
 from daemon.errors import AmbiguousModel, InvalidRequest, ModelNotFound
+from daemon.http import remote_listing
 from daemon.http.errors import read_json_object
-from daemon.http.keys import MANAGER, MODELS
+from daemon.http.keys import MANAGER, MODELS, UPSTREAMS
 from daemon.http.routes import ADMIN, INFERENCE, LOCAL, Route
 from daemon.importer import ImportMode
 from daemon.instance import State
@@ -51,11 +52,23 @@ async def v0_list(request: web.Request) -> web.Response:
     catalog = await request.app[MODELS].catalog()
     loaded = _loaded_context(request)
     data = [_v0_item(r, catalog, loaded) for r in _usable(catalog)]
+    remote = remote_listing.remote_models(request.app[UPSTREAMS])
+    for item in data:
+        if item["id"] in remote:
+            item["remote"] = remote.pop(str(item["id"]))
+    data += [remote_listing.v0_item(key, names) for key, names in remote.items()]
     return web.json_response({"object": "list", "data": data})
 
 
 async def v0_get(request: web.Request) -> web.Response:
     store = request.app[MODELS]
+    remote = remote_listing.remote_models(request.app[UPSTREAMS])
+    wanted = request.match_info["model"]
+    if wanted in remote:
+        try:
+            await store.resolve(wanted)
+        except (ModelNotFound, AmbiguousModel):
+            return web.json_response(remote_listing.v0_item(wanted, remote[wanted]))
     record = await store.resolve(request.match_info["model"])
     catalog = await store.catalog()
     return web.json_response(_v0_item(record, catalog, _loaded_context(request)))
@@ -85,6 +98,9 @@ async def _v1_models(request: web.Request) -> list[tuple[str, ModelRecord]]:
 
 async def v1_list(request: web.Request) -> web.Response:
     data = [_openai_model(ident, r) for ident, r in await _v1_models(request)]
+    remote = remote_listing.remote_models(request.app[UPSTREAMS])
+    known = {item["id"] for item in data}
+    data += [remote_listing.openai_item(k, n) for k, n in remote.items() if k not in known]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -103,6 +119,9 @@ async def v1_get(request: web.Request) -> web.Response:
             found = None
         if found is not None and any(r.path == found.path for _, r in listed):
             return web.json_response(_openai_model(wanted, found))
+    remote = remote_listing.remote_models(request.app[UPSTREAMS])
+    if wanted in remote:
+        return web.json_response(remote_listing.openai_item(wanted, remote[wanted]))
     raise ModelNotFound(f"The model {wanted!r} does not exist")
 
 
@@ -110,6 +129,7 @@ async def admin_list(request: web.Request) -> web.Response:
     store = request.app[MODELS]
     catalog = await store.catalog(max_age=0)
     loaded = request.app[MANAGER].loaded_paths()
+    remote = remote_listing.remote_models(request.app[UPSTREAMS])
     models: list[api.ListedModel] = []
     for record in catalog.records:
         info = to_ls_json(record, model_key=catalog.public_id(record))
@@ -118,7 +138,10 @@ async def admin_list(request: web.Request) -> web.Response:
         item = cast(api.ListedModel, {**info, "loaded": count})
         if record.error is not None:
             item["error"] = record.error
+        if item["modelKey"] in remote:
+            item["remote"] = remote.pop(item["modelKey"])
         models.append(item)
+    models += [remote_listing.ls_item(key, names) for key, names in remote.items()]
     listing: api.ModelsListing = {"models": models, "models_dirs": [str(d) for d in store.dirs]}
     return web.json_response(listing)
 

@@ -227,6 +227,24 @@ IMPORT = _object(
     user_repo=STRING,
     dry_run=BOOLEAN,
 )
+UPSTREAM_ADD = _object(
+    ["name", "base_url"],
+    name=STRING,
+    base_url=STRING,
+    api_key=STRING,  # stored 0600, never returned
+    models=STRINGS,  # upstream ids to expose ("id=our-key" renames); all when absent
+    priority=INTEGER,
+    connect_timeout=NUMBER,
+    first_byte_timeout=NUMBER,
+    idle_timeout=NUMBER,
+    max_in_flight=INTEGER,
+    replace=BOOLEAN,
+)
+UPSTREAM_POLICY = _object(
+    ["model", "policy"],
+    model=STRING,
+    policy={"enum": ["local_only", "prefer_local", "prefer_remote", "spill_over", None]},
+)
 
 # (method, path) -> the JSON request body. A POST route missing here takes no body.
 REQUEST_BODIES: dict[tuple[str, str], Schema] = {
@@ -247,6 +265,8 @@ REQUEST_BODIES: dict[tuple[str, str], Schema] = {
     ("POST", "/api/admin/config"): CONFIG_SET,
     ("POST", "/api/admin/keys"): KEY_CREATE,
     ("POST", "/api/admin/models/import"): IMPORT,
+    ("POST", "/api/admin/upstreams"): UPSTREAM_ADD,
+    ("POST", "/api/admin/upstreams/policy"): UPSTREAM_POLICY,
 }
 OPTIONAL_BODIES = {("POST", "/api/admin/server/start")}  # an empty POST is fine too
 

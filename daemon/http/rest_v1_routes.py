@@ -8,9 +8,9 @@ from aiohttp import web
 
 from daemon.compat import lmstudio_v1 as v1
 from daemon.errors import LmsError
-from daemon.http import sse
+from daemon.http import remote_listing, sse
 from daemon.http.errors import error_info, read_json_object
-from daemon.http.keys import CONVERSATIONS, MANAGER, MODELS, PREDICTIONS
+from daemon.http.keys import CONVERSATIONS, MANAGER, MODELS, PREDICTIONS, UPSTREAMS
 from daemon.http.routes import INFERENCE, Route
 from daemon.instance import Instance, State
 from daemon.prediction.conversations import new_response_id
@@ -45,6 +45,11 @@ async def list_models(request: web.Request) -> web.Response:
         for record in catalog.records
         if record.error is None
     ]
+    remote = remote_listing.remote_models(request.app[UPSTREAMS])
+    for item in models:
+        if item["key"] in remote:
+            item["remote"] = remote.pop(item["key"])
+    models += [remote_listing.rest_v1_item(key, names) for key, names in remote.items()]
     return web.json_response({"models": models})
 
 

@@ -31,7 +31,7 @@ from daemon.engines.base import (
 from daemon.errors import InvalidRequest, LmsError
 from daemon.events import EventBus, done_stats, prediction_input, prediction_output
 from daemon.instance import LoadRequest
-from daemon.manager import Lease, ModelManager, Phase
+from daemon.manager import ModelManager, Phase
 from daemon.metrics import Metrics
 from daemon.prediction import reasoning, schema_limits, tools
 from daemon.prediction.types import (
@@ -51,6 +51,8 @@ from daemon.prediction.types import (
     ToolCallFailed,
     ToolCallStarted,
 )
+from daemon.remote.router import ModelLease as Lease
+from daemon.remote.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +71,23 @@ class PredictionRun:
 
 
 class PredictionService:
-    def __init__(self, manager: ModelManager, metrics: Metrics, events: EventBus) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        events: EventBus,
+        router: Router | None = None,
+    ) -> None:
         self._manager = manager
+        # Leases go through the router: local instances, or remote upstreams (issue 17).
+        self._leases = router or manager
         self._metrics = metrics
         self._events = events
 
     @contextlib.asynccontextmanager
     async def predict(self, prediction: Prediction) -> AsyncIterator[PredictionRun]:
         load = prediction.load or LoadRequest()
-        async with self._manager.lease(prediction.model, ttl=prediction.ttl, request=load) as lease:
+        async with self._leases.lease(prediction.model, ttl=prediction.ttl, request=load) as lease:
             _require_llm(lease)
             request, parser = _engine_request(lease, prediction)
             separate = prediction.separate_reasoning
@@ -91,7 +101,7 @@ class PredictionService:
                 await events.aclose()
 
     async def embed(self, request: EmbeddingRequest) -> Embedded:
-        async with self._manager.lease(request.model, ttl=request.ttl) as lease:
+        async with self._leases.lease(request.model, ttl=request.ttl) as lease:
             if lease.record.type != "embeddings":
                 raise InvalidRequest(
                     f"{lease.identifier} is not an embedding model; choose one of type "

@@ -23,13 +23,14 @@ class ModelInfo(TypedDict):
 
     type: ModelKind
     modelKey: str
-    format: Literal["gguf", "safetensors"]  # MLX model directories report "safetensors"
+    # MLX model directories report "safetensors"; a model only an upstream serves "remote".
+    format: Literal["gguf", "safetensors", "remote"]
     displayName: str
     publisher: str
     path: str  # relative to its models directory, "/"-separated
     sizeBytes: int
     indexedModelIdentifier: str  # the same as path
-    deviceIdentifier: None
+    deviceIdentifier: str | None  # None: this machine; else the upstream serving it
     paramsString: NotRequired[str]  # "7B"; absent when unknown
     architecture: NotRequired[str]  # "llama", "qwen2"; absent when unknown
     quantization: NotRequired[Quantization]  # absent when unknown
@@ -42,6 +43,7 @@ class ListedModel(ModelInfo):
     """One item of `GET /api/admin/models` (what `lms ls --json` prints)."""
 
     loaded: int  # how many instances of it are loaded
+    remote: NotRequired[list[str]]  # the upstreams that also (or only) serve it
     error: NotRequired[str]  # present when the file is unusable, and why
 
 

@@ -1,10 +1,22 @@
 """`lms`: the command line client of the lmsd daemon."""
 
 import sys
+from typing import Annotated
 
 import typer
 
-from lms.cli import chat, daemon_cmds, info, lifecycle, log, model_defaults, models, server
+from lms.cli import (
+    chat,
+    common,
+    daemon_cmds,
+    info,
+    lifecycle,
+    log,
+    model_defaults,
+    models,
+    server,
+    upstream,
+)
 
 app = typer.Typer(
     name="lms",
@@ -17,6 +29,34 @@ app.add_typer(server.app, name="server")
 app.add_typer(daemon_cmds.app, name="daemon")
 app.add_typer(log.app, name="log")
 app.add_typer(model_defaults.app, name="model-defaults")
+app.add_typer(upstream.app, name="upstream")
+
+
+@app.callback()
+def connection(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            envvar="LMS_HOST",
+            help="Drive the daemon at HOST[:PORT] over TCP (ls, ps, load, unload, chat, "
+            "log stream, server status, upstream); local-only commands refuse.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LMS_API_KEY",
+            help="The API key to send to a daemon reached over TCP.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """lms - run local LLMs with the lmsd daemon (LM Studio compatible)."""
+    common.set_remote(host, api_key)
+
+
 app.command()(info.version)
 app.command()(info.status)
 app.command()(models.ls)

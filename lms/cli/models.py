@@ -59,6 +59,15 @@ def _loaded_marker(count: int) -> str:
     return "" if count == 0 else "✓ LOADED" if count == 1 else f"✓ LOADED ({count})"
 
 
+def _device(model: ListedModel) -> str:
+    remote = ", ".join(model.get("remote", []))
+    if not remote:
+        return "Local"
+    if model.get("format") == "remote":
+        return output.safe(f"Remote ({remote})")
+    return output.safe(f"Local + remote ({remote})")
+
+
 def _row(model: ListedModel) -> list[str]:
     arch = model.get("architecture") or ""
     return [
@@ -66,24 +75,26 @@ def _row(model: ListedModel) -> list[str]:
         output.safe(model.get("paramsString") or ""),
         output.safe(ARCH_NAMES.get(arch, arch)),
         format_size(model["sizeBytes"]),
-        "Local",
+        _device(model),
         _loaded_marker(model["loaded"]),
     ]
 
 
 def render_listing(models: list[ListedModel], *, llm: bool, embedding: bool) -> str:
-    usable = [m for m in models if "error" not in m]
+    usable = [m for m in models if "error" not in m and m.get("format") != "remote"]
+    remote = [m for m in models if m.get("format") == "remote"]
     broken = [m for m in models if "error" in m]
     if not models:
         return "You have not downloaded any models yet."
     total = sum(m["sizeBytes"] for m in usable)
     lines = [
         f"You have {len(usable)} model{'s' if len(usable) != 1 else ''}, "
-        f"taking up {format_size(total)} of disk space.",
+        f"taking up {format_size(total)} of disk space."
+        + (f" Upstreams serve {len(remote)} more." if remote else ""),
     ]
     show_all = not llm and not embedding
-    llms = [_row(m) for m in usable if m["type"] == "llm"]
-    embeddings = [_row(m) for m in usable if m["type"] == "embedding"]
+    llms = [_row(m) for m in usable + remote if m["type"] == "llm"]
+    embeddings = [_row(m) for m in usable + remote if m["type"] == "embedding"]
     if (llm or show_all) and llms:
         lines += ["", *_table("LLM", llms)]
     if (embedding or show_all) and embeddings:
