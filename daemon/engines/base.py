@@ -127,6 +127,9 @@ class GenerationParams:
         )
 
 
+# Where an image goes in a chat message's text (llama.cpp mtmd's default media marker).
+IMAGE_MARKER = "<__media__>"
+
 # An input as text, or as token ids of the model's vocabulary (OpenAI allows both).
 PromptInput = str | list[int]
 
@@ -146,12 +149,14 @@ class ChatRequest:
     """The worker renders the prompt with the model's own chat template. `messages` are
     as chat templates read them: `role`, `content` (one string), and where present
     `tool_calls` (OpenAI's shape), `tool_call_id`, `name` (prediction/service.py makes
-    them)."""
+    them). An image stands in a message's content as IMAGE_MARKER; `images` holds each
+    image's file bytes, base64-encoded, in the order their markers come in the prompt."""
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     add_generation_prompt: bool = True
+    images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +165,7 @@ class ChatRequest:
             "tools": self.tools,
             "params": self.params.to_dict(),
             "add_generation_prompt": self.add_generation_prompt,
+            "images": self.images,
         }
 
 
@@ -174,7 +180,10 @@ def request_from_dict(data: Mapping[str, Any]) -> GenerationRequest:
             CompletionRequest, data, params=params, prompt=prompt_input(data.get("prompt"))
         )
     if kind == "chat":
-        return _build(ChatRequest, data, params=params)
+        images = data.get("images") or []
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise ProtocolError("a chat's images must be a list of base64 strings")
+        return _build(ChatRequest, data, params=params, images=images)
     raise ProtocolError(f"unknown request kind {kind!r}")
 
 

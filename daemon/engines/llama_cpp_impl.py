@@ -30,9 +30,12 @@ import psutil
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from daemon.engines.base import (
+    IMAGE_MARKER,
+    ChatRequest,
     DoneEvent,
     EmbedResult,
     EngineInfo,
+    GenerationParams,
     GenerationRequest,
     LoadProgressCallback,
     LoadSpec,
@@ -43,8 +46,9 @@ from daemon.engines.base import (
 )
 from daemon.engines.llama_sampling import Sampler, structured_grammar
 from daemon.engines.llama_slots import LlamaSlots
+from daemon.engines.llama_vision import Vision
 from daemon.engines.slots import DelegatedSlots, SlotRunner
-from daemon.engines.streaming import prompt_tokens
+from daemon.engines.streaming import check_prompt_size, prompt_tokens
 from daemon.errors import ContextOverflow, EngineError, InvalidRequest, LoadFailed
 
 __all__ = ["LlamaCppEngine", "Sampler", "structured_grammar"]
@@ -196,6 +200,7 @@ class LlamaCppEngine(DelegatedSlots):
         self._llm: llama_cpp.Llama | None = None  # embedding instances: llama-cpp-python's
         self._own: _Context | None = None  # generation instances: ours, with N sequences
         self._slots: LlamaSlots | None = None
+        self._vision: Vision | None = None  # a vision model's projector (mtmd)
         self._vocab: Any = None
         self._bos = -1
         self._n_ctx = 0
@@ -254,6 +259,21 @@ class LlamaCppEngine(DelegatedSlots):
             raise LoadFailed(f"out of memory loading {path} with a {n_ctx}-token context") from exc
         except (ValueError, RuntimeError) as exc:
             raise LoadFailed(f"llama.cpp could not load {path}: {exc}") from exc
+        if spec.mmproj_path and not spec.embedding:
+            if not os.path.isfile(spec.mmproj_path):
+                self.close()
+                raise LoadFailed(f"vision projector not found: {spec.mmproj_path}")
+            try:
+                self._vision = Vision(
+                    spec.mmproj_path,
+                    model,
+                    n_threads=n_threads,
+                    use_gpu=n_gpu != 0,
+                    verbose=spec.verbose,
+                )
+            except LoadFailed:
+                self.close()
+                raise
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self._bos = int(llama_cpp.llama_vocab_bos(self._vocab))
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
@@ -268,6 +288,7 @@ class LlamaCppEngine(DelegatedSlots):
             pool_cells=int(llama_cpp.llama_n_ctx(ctx)) if shared else None,
             n_batch=N_BATCH if not spec.embedding else min(N_BATCH, self._n_ctx),
             piece=self.piece,
+            vision=self._vision,
         )
         self._bos_text = self._special_text(self._bos)
         self._eos_text = self._special_text(int(llama_cpp.llama_vocab_eos(self._vocab)))
@@ -362,6 +383,12 @@ class LlamaCppEngine(DelegatedSlots):
         cancelled: Callable[[], bool],
         arrived: float,
     ) -> None:
+        params = request.params
+        if params.seed is None and self._seeds is not None:  # reproducible from the load seed
+            params = dataclasses.replace(params, seed=self._seeds.randrange(2**31))
+        if isinstance(request, ChatRequest) and request.images:
+            self._admit_with_images(key, request, params, cancelled, arrived)
+            return
         tokens = prompt_tokens(
             request,
             self.render_chat,
@@ -370,10 +397,36 @@ class LlamaCppEngine(DelegatedSlots):
             self._n_vocab,
             self._max_token_bytes,
         )
-        params = request.params
-        if params.seed is None and self._seeds is not None:  # reproducible from the load seed
-            params = dataclasses.replace(params, seed=self._seeds.randrange(2**31))
         self.slots.admit(key, tokens, params, cancelled, arrived)
+
+    def _admit_with_images(
+        self,
+        key: int,
+        request: ChatRequest,
+        params: GenerationParams,
+        cancelled: Callable[[], bool],
+        arrived: float,
+    ) -> None:
+        vision = self._vision
+        if vision is None:
+            raise InvalidRequest(
+                "this model cannot see images (it was loaded without a vision projector)",
+                param="messages",
+                code="model_not_vision",
+            )
+        text = self.render_chat(request.messages, request.tools, request.add_generation_prompt)
+        check_prompt_size(text, self._n_ctx, self._max_token_bytes)
+        text = text.replace(IMAGE_MARKER, vision.marker)
+        add_special = not (self._bos_text and text.startswith(self._bos_text))
+        prompt = vision.prompt(text, request.images, add_special=add_special)
+        try:
+            if len(prompt.tokens) >= self._n_ctx:
+                raise ContextOverflow(len(prompt.tokens), self._n_ctx)
+            self.slots.admit(key, prompt.tokens, params, cancelled, arrived, spans=prompt.spans)
+        except BaseException:
+            for span in prompt.spans:
+                span.free()
+            raise
 
     def context_settings(self) -> dict[str, Any]:
         """What llama.cpp was given and reports back (for tests and diagnostics)."""
@@ -462,6 +515,9 @@ class LlamaCppEngine(DelegatedSlots):
         if self._llm is not None:
             self._llm.close()
             self._llm = None
+        if self._vision is not None:
+            self._vision.close()
+            self._vision = None
         if self._own is not None:
             self._own.close()
             self._own = None

@@ -21,10 +21,20 @@ first": a newer request still reading its prompt gives its cells back and waits 
 reads them again later), and when only generating requests are left, the newest one
 ends with `contextLengthReached`. The oldest request always has the whole pool, so
 everything admitted finishes; no request ever writes into another one's cells.
+
+Images (a vision model, llama_vision.py): a prompt's images are spans of placeholder ids
+in its token list. Text tokens go into the shared batch up to the next image; an image is
+read by a decode of its own (llama.cpp takes embeddings or tokens in one batch, never
+both), after the step's token decode: the oldest request at an image has it encoded
+(once: the embeddings stay with the request) and its embeddings decoded, at most
+`prefill_chunk` of them a step while another slot is generating, like a prompt chunk
+(a model whose images need non-causal attention reads each image whole). A cached prefix
+that ends inside an image is cut back to the image's start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +44,9 @@ import llama_cpp
 
 from daemon.engines.base import GenerationParams, SlotOutput, StopReason
 from daemon.engines.llama_sampling import Sampler, token_logprobs
+from daemon.engines.llama_vision import ImageSpan, Vision
 from daemon.engines.streaming import RawToken, StreamShaper
-from daemon.errors import EngineError
+from daemon.errors import EngineError, InvalidRequest
 
 # Prompt tokens per step while other slots are generating. Prompt processing runs at about
 # 300 tokens/s on 2 CPU cores with SmolLM2, so 64 holds the other streams up for about
@@ -54,6 +65,11 @@ class _Job:
     arrived: float
     next_token: int | None = None  # sampled, not yet decoded
     logits_at: int = -1  # its row in this step's batch, when it has one
+    spans: list[ImageSpan] = field(default_factory=list)  # its images, in prompt order
+
+    def image_at(self, position: int) -> ImageSpan | None:
+        """The first image that ends after `position` (the next one to read)."""
+        return next((s for s in self.spans if s.end > position), None)
 
 
 @dataclass
@@ -87,6 +103,7 @@ class LlamaSlots:
         prefill_chunk: int = PREFILL_CHUNK,
         clock: Callable[[], float] = time.perf_counter,
         pool_cells: int | None = None,
+        vision: Vision | None = None,
     ) -> None:
         self._ctx = ctx
         self._vocab = vocab
@@ -100,6 +117,8 @@ class LlamaSlots:
         self._clock = clock
         self._batch: Any = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pool = pool_cells  # None: every slot has its own context_length cells
+        self._vision = vision
+        self._embd_batch: Any = None  # made on the first image
 
     def slot_count(self) -> int:
         return len(self._slots)
@@ -123,16 +142,32 @@ class LlamaSlots:
         params: GenerationParams,
         cancelled: Callable[[], bool],
         arrived: float,
+        spans: list[ImageSpan] | None = None,
     ) -> None:
         """Starts a tokenized prompt (that fits the context) in the free slot with the
-        longest cached prefix. Raises before changing anything when it cannot start."""
+        longest cached prefix. Raises before changing anything when it cannot start.
+        `spans`: the prompt's images (their placeholders are in `prompt`), owned by the
+        request from here on."""
+        spans = spans or []
         free = [s for s in self._slots if s.job is None]
         if not free:
             raise EngineError("no free slot")
+        if spans and spans[-1].end >= len(prompt):
+            raise InvalidRequest("a prompt cannot end with an image", param="messages")
+        for span in spans:
+            if span.non_causal and span.n_tokens > self._n_batch:
+                raise InvalidRequest(
+                    f"an image takes {span.n_tokens} positions; this model reads an image "
+                    f"whole and a batch holds {self._n_batch}",
+                    code="image_too_large",
+                )
         sampler = Sampler(self._vocab, self._n_vocab, params)  # raises on a bad grammar
         slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.used_at))
         # The last prompt token is always read again: its logits give the first token.
         keep = min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+        inside = next((s for s in spans if s.start < keep < s.end), None)
+        if inside is not None:  # an image is read whole or not at all
+            keep = inside.start
         self._truncate(slot, keep)
         shaper = StreamShaper(
             params=params,
@@ -141,7 +176,7 @@ class LlamaSlots:
             started=arrived,
             cached_tokens=len(slot.cached),  # what _truncate kept is not read again
         )
-        slot.job = _Job(key, prompt, params, sampler, shaper, cancelled, arrived)
+        slot.job = _Job(key, prompt, params, sampler, shaper, cancelled, arrived, spans=spans)
 
     def _truncate(self, slot: _Slot, keep: int) -> None:
         """Drops the slot's KV cells from position `keep` on (all of them if the memory
@@ -168,17 +203,22 @@ class LlamaSlots:
             elif job.shaper.limit_reached():  # max_tokens <= 0: the prompt is not even read
                 self._emit(slot, job.shaper.end(StopReason.MAX_TOKENS, now), out)
         in_batch = self._fill(out, now)
-        if not in_batch:
-            return out
+        if in_batch:
+            self._decode_tokens(in_batch, out, now)
+        if self._vision is not None:
+            self._read_image(out)
+        return out
+
+    def _decode_tokens(self, in_batch: list[_Slot], out: list[SlotOutput], now: float) -> None:
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status == 1 and self._pool is not None:  # no room after all: nothing was written
             self._undo_batch(in_batch, out, now)
-            return out
+            return
         if status != 0:
             for slot in in_batch:  # their KV cells are in doubt: forget them
                 self._truncate(slot, 0)
                 self._fail(slot, EngineError(f"llama_decode failed ({status})"), out)
-            return out
+            return
         now = self._clock()
         for slot in in_batch:
             job = slot.job
@@ -192,7 +232,77 @@ class LlamaSlots:
             self._emit(slot, job.shaper.feed(raw, now), out)
             if slot.job is not None:
                 job.next_token = raw.token_id
-        return out
+
+    def _read_image(self, out: list[SlotOutput]) -> None:
+        """Reads (part of) one image: the oldest request whose prompt is at an image."""
+        vision = self._vision
+        assert vision is not None
+        at_image = []
+        for slot in self._slots:
+            job = slot.job
+            if job is None or job.next_token is not None:
+                continue
+            span = job.image_at(len(slot.cached))
+            if span is not None and span.start <= len(slot.cached):
+                at_image.append((slot, job, span))
+        if not at_image:
+            return
+        slot, job, span = min(at_image, key=lambda found: found[1].arrived)
+        if span.non_causal and len(slot.cached) > span.start:  # read it whole again
+            self._truncate(slot, span.start)
+        done = len(slot.cached) - span.start
+        generating = any(s.job is not None and s.job.next_token is not None for s in self._slots)
+        want = span.n_tokens - done
+        if not span.non_causal:
+            want = min(want, self._chunk if generating else self._n_batch)
+        if self._pool is not None:
+            got = _Room(self).take_up_to(slot, want)
+            if got < want and (span.non_causal or got == 0):
+                return  # it waits for room (an older request has the pool)
+            want = got
+        try:
+            embeddings = vision.encode(span)
+        except Exception as exc:
+            self._fail(slot, exc, out)
+            return
+        status = self._decode_embeddings(slot, embeddings, done, want, span.non_causal)
+        if status != 0:
+            self._truncate(slot, span.start)
+            if status == 1 and self._pool is not None:
+                now = self._clock()
+                self._emit(slot, job.shaper.end(StopReason.CONTEXT_FULL, now), out)
+            else:
+                self._fail(slot, EngineError(f"llama_decode failed ({status})"), out)
+            return
+        start = len(slot.cached)
+        slot.cached.extend(job.prompt[start : start + want])
+
+    def _decode_embeddings(
+        self, slot: _Slot, embeddings: Any, offset: int, count: int, non_causal: bool
+    ) -> int:
+        """Decodes image embeddings [offset, offset + count) at the slot's next positions."""
+        vision = self._vision
+        assert vision is not None
+        n_embd = vision.n_embd
+        if self._embd_batch is None:
+            self._embd_batch = llama_cpp.llama_batch_init(self._n_batch, n_embd, 1)
+        batch = self._embd_batch
+        rows = embeddings[offset * n_embd : (offset + count) * n_embd]
+        ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+        base = len(slot.cached)
+        for i in range(count):
+            batch.pos[i] = base + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq
+            batch.logits[i] = False
+        batch.n_tokens = count
+        if non_causal:
+            llama_cpp.llama_set_causal_attn(self._ctx, False)
+        try:
+            return int(llama_cpp.llama_decode(self._ctx, batch))
+        finally:
+            if non_causal:
+                llama_cpp.llama_set_causal_attn(self._ctx, True)
 
     def _fill(self, out: list[SlotOutput], now: float) -> list[_Slot]:
         """Builds this step's batch; returns the slots in it."""
@@ -228,7 +338,13 @@ class LlamaSlots:
         for slot in reading:
             job = slot.job
             assert job is not None
-            take = min(budget, self._n_batch - n, len(job.prompt) - len(slot.cached))
+            limit = len(job.prompt) - len(slot.cached)
+            span = job.image_at(len(slot.cached))
+            if span is not None:
+                if span.start <= len(slot.cached):
+                    continue  # at an image: _read_image reads it
+                limit = span.start - len(slot.cached)
+            take = min(budget, self._n_batch - n, limit)
             if take > 0 and room is not None:
                 take = room.take_up_to(slot, take)
             if take <= 0:
@@ -313,6 +429,8 @@ class LlamaSlots:
         """The request leaves; its KV cells (and their tokens) stay for the next one."""
         if slot.job is not None:
             slot.job.sampler.close()
+            for span in slot.job.spans:
+                span.free()
             slot.job = None
         slot.used_at = self._clock()
 
@@ -336,6 +454,9 @@ class LlamaSlots:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        if self._embd_batch is not None:
+            llama_cpp.llama_batch_free(self._embd_batch)
+            self._embd_batch = None
 
 
 class _Room:

@@ -234,6 +234,13 @@ def prompt_tokens(
     as they are, once checked against the vocabulary), refused before anything runs when
     it is empty or does not fit the context (a text far too long for the context before it
     is tokenized, see check_prompt_size)."""
+    if isinstance(request, ChatRequest) and request.images:
+        raise InvalidRequest(
+            "this model's engine cannot read images (only GGUF vision models through "
+            "llama.cpp can); send text",
+            param="messages",
+            code="model_not_vision",
+        )
     if isinstance(request, ChatRequest):
         text = render_chat(request.messages, request.tools, request.add_generation_prompt)
         check_prompt_size(text, context_length, max_token_bytes)
