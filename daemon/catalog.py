@@ -66,6 +66,7 @@ class ModelRecord:
     display_name: str
     files: tuple[Path, ...]
     mmproj: Path | None = None
+    mmproj_bytes: int = 0  # the projector file's size (a vlm's second file)
     error: str | None = None
     parameter_count: int | None = None
     gguf: GgufInfo | None = None
@@ -404,6 +405,7 @@ def _gguf_record(
         display_name=display_name(base),
         files=tuple(folder / n for n in names),
         mmproj=mmproj if mtype == "vlm" else None,
+        mmproj_bytes=files[mmproj.name].st_size if mmproj is not None and mtype == "vlm" else 0,
         error=error,
         parameter_count=params or None,
         gguf=info,

@@ -73,6 +73,10 @@ class Settings:
     max_body_bytes: int = field(
         default=32 * 1024 * 1024, metadata={"help": "largest request body accepted (413 above)"}
     )
+    max_image_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={"help": "largest image (file bytes) a request may send a model (413 above)"},
+    )
     jit_loading: bool = field(
         default=True,
         metadata={"help": "load a model on the first request that names it"},

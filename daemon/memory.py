@@ -1,6 +1,7 @@
 """Memory estimates for a load, and the guardrail that compares them with free memory.
 
-estimate = weights (the model files, mapped and read in full) + the KV cache that the
+estimate = weights (the model files, mapped and read in full; a vision model's projector
+file too, which llama.cpp reads into memory) + the KV cache that the
 load allocates (one pool of context_length cells shared by the slots, or that many per
 slot; K and V at their cache types) + compute buffers (a logits row per slot and the
 activations of one batch) + the worker process itself (Python and the libraries).
@@ -57,7 +58,7 @@ def kv_cells(config: LoadConfig) -> int:
 def estimate(record: ModelRecord, config: LoadConfig) -> MemoryEstimate:
     info = record.gguf
     if info is None or not info.block_count or not info.embedding_length:
-        return MemoryEstimate(record.size_bytes, 0, 0, WORKER_BASE_BYTES)
+        return MemoryEstimate(_weights(record), 0, 0, WORKER_BASE_BYTES)
     heads = info.head_count or 1
     kv_heads = info.head_count_kv or heads
     head_dim_k = info.key_length or info.embedding_length // heads
@@ -76,7 +77,12 @@ def estimate(record: ModelRecord, config: LoadConfig) -> MemoryEstimate:
     compute += info.embedding_length * BATCH_TOKENS * FLOAT_BYTES * ACTIVATION_ROWS
     if config.flash_attention == "off":  # the attention scores of a batch over the cells
         compute += config.context_length * BATCH_TOKENS * heads * FLOAT_BYTES
-    return MemoryEstimate(record.size_bytes, int(per_cell * cells), compute, WORKER_BASE_BYTES)
+    return MemoryEstimate(_weights(record), int(per_cell * cells), compute, WORKER_BASE_BYTES)
+
+
+def _weights(record: ModelRecord) -> int:
+    """The model's files, and a vision model's projector."""
+    return record.size_bytes + (record.mmproj_bytes if record.type == "vlm" else 0)
 
 
 def allowed_bytes(available_bytes: int, mode: GuardrailMode) -> float:

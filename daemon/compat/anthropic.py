@@ -5,10 +5,10 @@ object or its stream of named events, and Anthropic's error body. Pure: no I/O.
     {"model", "max_tokens", "system", "messages": [{"role", "content": [blocks]}],
      "tools": [{"name", "description", "input_schema"}], "tool_choice", ...}
 
-Content blocks in: `text`; `tool_use` on assistant turns (earlier calls), `tool_result`
-on user turns (each one a `tool` message); `thinking`/`redacted_thinking` in history are
-dropped (the chat template decides what a model sees of its earlier thoughts). Images
-and documents are refused with a 400 for now.
+Content blocks in: `text`; `image` (a base64 source) on user turns; `tool_use` on
+assistant turns (earlier calls), `tool_result` on user turns (each one a `tool` message);
+`thinking`/`redacted_thinking` in history are dropped (the chat template decides what a
+model sees of its earlier thoughts). Documents are refused with a 400 for now.
 
 Blocks out, in the order the model produced them: `thinking` (reasoning, when the daemon
 separates it; `signature` is always ""), `text`, `tool_use` (`id` "toolu_…").
@@ -24,9 +24,12 @@ from typing import Any
 from daemon.compat.durations import request_ttl
 from daemon.compat.errors import ErrorInfo
 from daemon.compat.fields import in_range, optional, required
+from daemon.compat.images import image_from_base64
 from daemon.engines.base import GenerationParams, StopReason
 from daemon.errors import InvalidRequest
 from daemon.prediction.types import (
+    ContentPart,
+    ImagePart,
     Message,
     Prediction,
     PredictionDone,
@@ -43,7 +46,7 @@ from daemon.prediction.types import (
 )
 
 MAX_STOP_SEQUENCES = 16
-UNSUPPORTED_BLOCKS = {"image", "document", "search_result", "container_upload"}
+UNSUPPORTED_BLOCKS = {"document", "search_result", "container_upload"}
 DROPPED_BLOCKS = {"thinking", "redacted_thinking"}
 
 
@@ -117,11 +120,34 @@ def _text_of(block: dict[str, Any], where: str) -> str:
     return text
 
 
+def _image(block: dict[str, Any], where: str) -> ImagePart:
+    """An image block with a base64 source (a URL source is not fetched)."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _invalid(f"'{where}.source' must be an object", where, "invalid_type")
+    if source.get("type") == "url":
+        raise _invalid(
+            f"'{where}.source': this server does not fetch images from the web; send the "
+            'image itself as a base64 source ({"type": "base64", "media_type": ..., "data": ...})',
+            where,
+            "image_url_not_supported",
+        )
+    if source.get("type") != "base64":
+        raise _invalid(f"'{where}.source.type' must be \"base64\"", where, "invalid_value")
+    return image_from_base64(
+        source.get("data"), source.get("media_type"), param=f"{where}.source.data"
+    )
+
+
 def _unsupported(kind: str, where: str) -> InvalidRequest:
+    if kind == "image":
+        return _invalid(
+            f"'{where}' is an image block: images go only in user messages", where, "invalid_value"
+        )
     if kind in UNSUPPORTED_BLOCKS:
         message = (
             f"'{where}' is a content block of type {kind!r}: this server cannot send "
-            "images or documents to a model yet; send text"
+            "documents to a model yet; send text (or images, in user messages)"
         )
     else:
         message = f"'{where}' has an unsupported content block type {kind!r}"
@@ -157,18 +183,20 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[Message]:
     """A user turn: text blocks gather into user messages, each tool_result becomes a
     tool message, in the order they came."""
     out: list[Message] = []
-    texts: list[str] = []
+    parts: list[ContentPart] = []
 
     def flush() -> None:
-        if texts:
-            out.append(Message("user", (TextPart("".join(texts)),)))
-            texts.clear()
+        if parts:
+            out.append(Message("user", tuple(parts)))
+            parts.clear()
 
     for j, block in enumerate(blocks):
         at = f"{where}[{j}]"
         kind = block["type"]
         if kind == "text":
-            texts.append(_text_of(block, at))
+            parts.append(TextPart(_text_of(block, at)))
+        elif kind == "image":
+            parts.append(_image(block, at))
         elif kind == "tool_result":
             flush()
             tool_use_id = block.get("tool_use_id")

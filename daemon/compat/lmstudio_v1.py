@@ -18,11 +18,13 @@ from daemon.catalog import ModelRecord
 from daemon.compat.durations import request_ttl
 from daemon.compat.errors import ErrorInfo
 from daemon.compat.fields import in_range, optional, required
+from daemon.compat.images import image_from_url
 from daemon.engines.base import GenerationParams
 from daemon.errors import InvalidRequest
 from daemon.instance import LoadRequest
 from daemon.model_keys import bits_per_weight
 from daemon.prediction.types import (
+    ContentPart,
     Message,
     Prediction,
     PredictionDone,
@@ -162,7 +164,7 @@ def _input(raw: Any) -> tuple[Message, ...]:
             param="input",
             code="invalid_type" if raw is not None else "missing_required_parameter",
         )
-    parts: list[TextPart] = []
+    parts: list[ContentPart] = []
     for i, item in enumerate(raw):
         where = f"input[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
@@ -179,12 +181,8 @@ def _input(raw: Any) -> tuple[Message, ...]:
                     f"'{where}.content' must be a string", param="input", code="invalid_type"
                 )
             parts.append(_text(content))
-        elif kind == "image":
-            raise InvalidRequest(
-                f"'{where}': this server cannot send images to a model yet; send text",
-                param="input",
-                code="unsupported_content",
-            )
+        elif kind == "image":  # {"type": "image", "data_url": "data:image/png;base64,..."}
+            parts.append(image_from_url(item.get("data_url"), param=f"{where}.data_url"))
         else:
             raise InvalidRequest(
                 f'\'{where}.type\' must be "message" (or "text"), not {kind!r}',

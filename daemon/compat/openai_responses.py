@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.compat.errors import ErrorInfo
 from daemon.compat.fields import in_range, optional
+from daemon.compat.images import image_from_url
 from daemon.compat.requests import parse_params
 from daemon.compat.tools import parse_tools
 from daemon.errors import InvalidRequest
@@ -68,7 +69,8 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> InvalidReques
 
 
 def _text_parts(content: Any, where: str) -> tuple[ContentPart, ...]:
-    """A message's content: a string, or parts of type input_text / output_text."""
+    """A message's content: a string, or parts of type input_text / output_text, and
+    input_image (a data URL)."""
     if isinstance(content, str):
         return (TextPart(content),)
     if not isinstance(content, list):
@@ -96,6 +98,15 @@ def _text_parts(content: Any, where: str) -> tuple[ContentPart, ...]:
             parts.append(TextPart(part["text"]))
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             parts.append(TextPart(part["refusal"]))
+        elif kind == "input_image":  # {"image_url": "data:image/...;base64,...", "detail"}
+            if part.get("file_id") is not None and part.get("image_url") is None:
+                raise _bad(
+                    f"'{where}.content[{j}].file_id': this server has no file store; send "
+                    "the image as a base64 data URL in image_url",
+                    f"{where}.content",
+                    "unsupported_content",
+                )
+            parts.append(image_from_url(part.get("image_url"), param=f"{where}.content[{j}]"))
         else:
             raise _bad(
                 f"content parts of type {kind!r} are not supported by this server; send input_text",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from daemon.compat.durations import request_ttl
 from daemon.compat.fields import in_range, optional, required
+from daemon.compat.images import image_from_url
 from daemon.compat.tools import parse_tools
 from daemon.engines.base import GenerationParams
 from daemon.errors import InvalidRequest
@@ -65,7 +66,8 @@ def choice_predictions(prediction: Prediction, n: int) -> list[Prediction]:
 
 
 def _content_parts(content: Any, where: str) -> tuple[ContentPart, ...]:
-    """Message content: a string, or content parts of type text."""
+    """Message content: a string, or content parts: text, and images (`image_url` with a
+    data URL; the Responses API's `input_image` too)."""
     if content is None:
         return ()
     if isinstance(content, str):
@@ -92,6 +94,11 @@ def _content_parts(content: Any, where: str) -> tuple[ContentPart, ...]:
                     code="invalid_type",
                 )
             parts.append(TextPart(part["text"]))
+        elif part["type"] in ("image_url", "input_image"):
+            url = part.get("image_url")
+            if isinstance(url, dict):  # chat: {"url": ..., "detail": ...}
+                url = url.get("url")
+            parts.append(image_from_url(url, param=f"{where}.content[{j}].image_url"))
         else:
             raise InvalidRequest(
                 f"content parts of type {part['type']!r} are not supported by this server "

@@ -27,6 +27,7 @@ from daemon.http.routes import PUBLIC, Route
 from daemon.http.security import presented_key
 from daemon.sdk import protocol
 from daemon.sdk.context import Context
+from daemon.sdk.files import UploadedFiles
 from daemon.sdk.session import Session
 from lms.api.version import __version__
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 30.0  # seconds for the client's first frame
 SOCKETS: web.AppKey["weakref.WeakSet[web.WebSocketResponse]"] = web.AppKey("sdk_sockets")
+FILES = web.AppKey("sdk_files", UploadedFiles)  # images uploaded for later predictions
 
 
 def _refused_hello(exc: Exception) -> dict[str, Any]:
@@ -114,6 +116,7 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, namespace: str
         predictions=request.app[PREDICTIONS],
         version=__version__,
         admin=admin,
+        files=request.app[FILES],
     )
     session = Session(ctx, send)
     try:
@@ -139,5 +142,6 @@ async def close_sockets(app: web.Application) -> None:
 def routes(app: web.Application) -> list[Route]:
     """The namespaces' routes; also registers what closes the open sockets at shutdown."""
     app[SOCKETS] = weakref.WeakSet[web.WebSocketResponse]()
+    app[FILES] = UploadedFiles(app[CONTROL].settings.max_image_bytes)
     app.on_shutdown.append(close_sockets)
     return [Route("GET", f"/{ns}", _socket_handler(ns), PUBLIC) for ns in protocol.NAMESPACES]

@@ -15,20 +15,24 @@ with an error status); after that, it ends with one `PredictionFailed` instead.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from daemon.engines import images
 from daemon.engines.base import (
+    IMAGE_MARKER,
     ChatRequest,
     CompletionRequest,
     DoneEvent,
     GenerationRequest,
     TokenEvent,
 )
-from daemon.errors import InvalidRequest, LmsError
+from daemon.errors import InvalidRequest, LmsError, PayloadTooLarge
 from daemon.events import EventBus, done_stats, prediction_input, prediction_output
 from daemon.instance import LoadRequest
 from daemon.manager import ModelManager, Phase
@@ -36,6 +40,7 @@ from daemon.metrics import Metrics
 from daemon.prediction import reasoning, schema_limits, tools
 from daemon.prediction.types import (
     EmbeddingRequest,
+    ImagePart,
     Message,
     ModelUsed,
     Prediction,
@@ -87,8 +92,10 @@ class PredictionService:
     @contextlib.asynccontextmanager
     async def predict(self, prediction: Prediction) -> AsyncIterator[PredictionRun]:
         load = prediction.load or LoadRequest()
+        await check_images(prediction, self._manager.settings.max_image_bytes)
         async with self._leases.lease(prediction.model, ttl=prediction.ttl, request=load) as lease:
             _require_llm(lease)
+            _require_vision(lease, prediction)
             request, parser = _engine_request(lease, prediction)
             separate = prediction.separate_reasoning
             if separate is None:
@@ -263,17 +270,61 @@ def _require_llm(lease: Lease) -> None:
         )
 
 
-def template_messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    """Messages in the shape chat templates read (content as one string)."""
+async def check_images(prediction: Prediction, max_bytes: int) -> None:
+    """Every image of the prediction is one we can read and not too large (413), checked
+    before a model is leased (decoding runs off the event loop)."""
+    found = [p for m in prediction.messages for p in m.images]
+    for n, part in enumerate(found, start=1):
+        if len(part.data) > max_bytes:
+            raise PayloadTooLarge(
+                f"image {n} is {len(part.data)} bytes; images of at most {max_bytes} bytes "
+                "are taken (the max_image_bytes setting)",
+                param="messages",
+                code="image_too_large",
+            )
+    for n, part in enumerate(found, start=1):
+        await asyncio.to_thread(images.decode, part.data, param=f"image {n}")
+
+
+def _require_vision(lease: Lease, prediction: Prediction) -> None:
+    if lease.record.type != "vlm" and any(m.images for m in prediction.messages):
+        raise InvalidRequest(
+            f"{lease.identifier} cannot see images: it is not a vision model (type 'vlm' in "
+            "/api/v0/models); send text, or choose a vision model",
+            param="messages",
+            code="model_not_vision",
+        )
+
+
+def _content_text(message: Message, images: list[ImagePart] | None) -> str:
+    """The message's text, with IMAGE_MARKER where each image goes (collected into
+    `images`), joined into one string: what every chat template can read."""
+    if not message.images:
+        return message.text
+    if images is None:
+        raise InvalidRequest(
+            "images cannot be used here (only in a prediction); send text",
+            param="messages",
+            code="unsupported_content",
+        )
+    text = ""
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            images.append(part)
+            text += IMAGE_MARKER
+        else:
+            text += part.text
+    return text
+
+
+def template_messages(
+    messages: tuple[Message, ...], images: list[ImagePart] | None = None
+) -> list[dict[str, Any]]:
+    """Messages in the shape chat templates read (content as one string). Images stand
+    as IMAGE_MARKER and go into `images` in order; without that list they are refused."""
     out: list[dict[str, Any]] = []
     for message in messages:
-        if message.images:
-            raise InvalidRequest(
-                "this server cannot send images to a model yet; send text",
-                param="messages",
-                code="unsupported_content",
-            )
-        item: dict[str, Any] = {"role": message.role, "content": message.text}
+        item: dict[str, Any] = {"role": message.role, "content": _content_text(message, images)}
         if message.tool_calls:
             item["tool_calls"] = [
                 {
@@ -301,11 +352,13 @@ def _engine_request(
     if prediction.prompt is not None:
         params = replace(prediction.params, structured=prediction.structured)
         return CompletionRequest(prediction.prompt, params), None
-    messages = template_messages(prediction.messages)
+    parts: list[ImagePart] = []
+    messages = template_messages(prediction.messages, parts)
+    pictures = [base64.b64encode(p.data).decode("ascii") for p in parts]
     setup = prediction.tools if prediction.tools and prediction.tools.mode != "none" else None
     if setup is None:
         params = replace(prediction.params, structured=prediction.structured)
-        return ChatRequest(messages, None, params), None
+        return ChatRequest(messages, None, params, images=pictures), None
     if setup.mode == "required" and prediction.structured is not None:
         raise InvalidRequest(
             "structured output cannot be combined with a required tool call",
@@ -322,8 +375,9 @@ def _engine_request(
     params = replace(prediction.params, structured=structured)
     parser = tools.ToolCallParser(setup.names, bare=setup.mode == "required")
     if native:
-        return ChatRequest(messages, setup.tools, params), parser
-    return ChatRequest(tools.fallback_messages(messages, setup), None, params), parser
+        return ChatRequest(messages, setup.tools, params, images=pictures), parser
+    fallback = tools.fallback_messages(messages, setup)
+    return ChatRequest(fallback, None, params, images=pictures), parser
 
 
 async def _reasoning_splitter(

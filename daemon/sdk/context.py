@@ -14,6 +14,7 @@ from daemon.manager import ModelManager
 from daemon.model_store import ModelStore
 from daemon.prediction.service import PredictionService
 from daemon.sdk import translate
+from daemon.sdk.files import UploadedFiles
 
 
 class NoModelMatching(ModelNotFound):
@@ -28,6 +29,7 @@ class Context:
     predictions: PredictionService
     version: str
     admin: bool  # an admin key, or the owner's Unix socket
+    files: UploadedFiles  # the daemon's one store of uploaded images
 
 
 @dataclass

@@ -96,7 +96,7 @@ async def tokenize(ctx: Context, param: Any) -> Any:
 async def apply_prompt_template(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
     inst = loaded_instance(ctx, param.get("specifier"))
-    messages = translate.history_messages(param.get("history"))
+    messages = translate.history_messages(param.get("history"), ctx.files.image)
     config = translate.flatten_stack(param.get("predictionConfigStack"))
     tools = translate.tool_setup(config.get("llm.prediction.tools"))
     async with ctx.manager.lease(inst.identifier) as lease:
@@ -118,9 +118,10 @@ async def embed_string(ctx: Context, param: Any) -> Any:
 
 
 async def upload_file(ctx: Context, param: Any) -> Any:
-    raise InvalidRequest(
-        "lmsd cannot take files or images over the SDK yet (no vision support); send text",
-        code="unsupported_content",
+    param = as_dict(param, "parameter")
+    name = param.get("name")
+    return await ctx.files.upload(
+        name if isinstance(name, str) else "file", param.get("contentBase64")
     )
 
 

@@ -50,7 +50,7 @@ async def _next_or_cancel(events: Any, cancelled: asyncio.Event) -> Any:
 async def predict(ctx: Context, param: Any, channel: Channel) -> None:
     param = as_dict(param, "creationParameter")
     name, _ = specified(ctx, param.get("modelSpecifier"))
-    request = translate.predict_request(name, param, ttl=None)
+    request = translate.predict_request(name, param, ttl=None, files=ctx.files.image)
     async with ctx.predictions.predict(request.prediction) as run:
         done: PredictionDone | None = None
         pending_calls: dict[int, bool] = {}

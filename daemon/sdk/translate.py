@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,11 @@ def _call_of(data: Any) -> ToolCall:
     return ToolCall(str(data.get("id") or ""), name, text)
 
 
-def history_messages(history: Any) -> tuple[Message, ...]:
-    """The SDK's ChatHistoryData as our messages; files are images we cannot take yet."""
+def history_messages(
+    history: Any, files: Callable[[Any], ImagePart] | None = None
+) -> tuple[Message, ...]:
+    """The SDK's ChatHistoryData as our messages; a file part names an uploaded image
+    (`files` finds it by its identifier; without it, files are refused)."""
     messages = _dict(history, "history").get("messages")
     if not isinstance(messages, list):
         raise _invalid("history.messages must be a list", "history")
@@ -149,11 +153,11 @@ def history_messages(history: Any) -> tuple[Message, ...]:
                     )
                 )
             elif kind == "file":
-                raise InvalidRequest(
-                    "this server cannot take files or images in a chat yet; send text",
-                    param="history",
-                    code="unsupported_content",
-                )
+                if files is None:
+                    raise InvalidRequest("files cannot be used here", param="history")
+                if part.get("fileType", "image") != "image":
+                    raise InvalidRequest("only image files can be sent to a model", param="history")
+                texts.append(files(part.get("identifier")))
             else:
                 raise _invalid(f"unknown content part type {kind!r}", "history")
         if role != "tool":
@@ -248,10 +252,15 @@ class PredictRequest:
     config: dict[str, Any]  # the flattened prediction config, echoed in `success`
 
 
-def predict_request(model: str, parameter: Any, ttl: float | None) -> PredictRequest:
+def predict_request(
+    model: str,
+    parameter: Any,
+    ttl: float | None,
+    files: Callable[[Any], ImagePart] | None = None,
+) -> PredictRequest:
     parameter = _dict(parameter, "creationParameter")
     config = flatten_stack(parameter.get("predictionConfigStack"))
-    messages = history_messages(parameter.get("history"))
+    messages = history_messages(parameter.get("history"), files)
     structured, grammar = _structured(config.get("llm.prediction.structured"))
     params = sampling(config, GenerationParams())
     if grammar is not None:

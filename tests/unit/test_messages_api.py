@@ -189,8 +189,8 @@ def test_tool_choice(choice: Any, mode: str, names: list[str]) -> None:
                     }
                 ]
             },
-            "messages[0].content[0]",
-            "cannot send images",
+            "messages[0].content[0].source.data",
+            "is empty",
         ),
         ({"stop_sequences": [""]}, "stop_sequences", "non-empty strings"),
         ({"tool_choice": {"type": "any"}}, "tool_choice", "needs 'tools'"),
@@ -201,7 +201,7 @@ def test_tool_choice(choice: Any, mode: str, names: list[str]) -> None:
         ),
         ({"tools": [{"name": "f"}]}, "tools[0]", "input_schema"),
         ({"tools": [{"type": "web_search_20250305", "name": "s"}]}, "tools[0]", "server tool"),
-        ({"system": [{"type": "image"}]}, "system[0]", "cannot send images"),
+        ({"system": [{"type": "image"}]}, "system[0]", "only in user messages"),
     ],
 )
 def test_bad_requests_name_the_field(fields: dict[str, Any], param: str, words: str) -> None:

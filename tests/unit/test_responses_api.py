@@ -193,7 +193,7 @@ def test_text_format_becomes_structured_output() -> None:
         ({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
         (
             {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
-            "input[0].content",
+            "input[0].content[0]",
         ),
         (
             {"model": "m", "input": [{"type": "function_call_output", "output": "x"}]},

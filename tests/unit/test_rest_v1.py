@@ -76,7 +76,10 @@ def test_parse_chat_item_input() -> None:
         ({"model": "echo"}, "input"),
         ({"model": "echo", "input": 3}, "input"),
         ({"model": "echo", "input": [{"type": "audio"}]}, "input"),
-        ({"model": "echo", "input": [{"type": "image", "data_url": "data:,"}]}, "input"),
+        (
+            {"model": "echo", "input": [{"type": "image", "data_url": "data:,"}]},
+            "input[0].data_url",
+        ),
         ({"model": "echo", "input": "x", "temperature": 5}, "temperature"),
         ({"model": "echo", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "echo", "input": "x", "reasoning": "max"}, "reasoning"),
