@@ -226,4 +226,5 @@ def model_ids(data: Any) -> list[str]:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise BadChunk("the models response has no 'data' list")
     ids = [m.get("id") for m in data["data"] if isinstance(m, dict)]
-    return [i for i in ids if isinstance(i, str) and i and len(i) <= 512][:1000]
+    # Ids become keys in listings, logs and terminals: printable, bounded, at most 1,000.
+    return [i for i in ids if isinstance(i, str) and 0 < len(i) <= 512 and i.isprintable()][:1000]

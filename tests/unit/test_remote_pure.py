@@ -20,6 +20,7 @@ from daemon.remote.translate import (
     BadChunk,
     StreamState,
     done_event,
+    model_ids,
     read_chunk,
     read_embeddings,
     request_body,
@@ -218,3 +219,10 @@ def test_embeddings_in_input_order_and_checked() -> None:
         read_embeddings(data, 3)
     with pytest.raises(BadChunk):
         read_embeddings({"data": [{"embedding": ["x"]}]}, 1)
+
+
+def test_model_ids_keep_only_printable_bounded_strings() -> None:
+    data = {"data": [{"id": "a"}, {"id": 3}, {"id": "x\x1b[2J"}, {"id": "b" * 600}, "c"]}
+    assert model_ids(data) == ["a"]
+    with pytest.raises(BadChunk):
+        model_ids({"data": "nope"})
