@@ -22,7 +22,7 @@ from tests.support import link_smollm2, post_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
-VLM = "smollm2-135m-vision-test"
+VLM = vision.VLM_KEY
 TEXT_MODEL = "smollm2-135m-instruct"
 MAX_IMAGE_BYTES = 150_000
 QUESTION = "What is in this picture?"
@@ -30,11 +30,7 @@ QUESTION = "What is in this picture?"
 
 def _populate(models: Path, _root: Path) -> None:
     link_smollm2(models)  # skips the module without the SmolLM2 package
-    folder = vision.link_vision_model(models)
-    assert folder is not None
-    # A key of its own: the vision model's file is SmolLM2 under another name.
-    (link,) = [p for p in folder.iterdir() if p.is_symlink()]
-    link.rename(folder / "SmolLM2-135M-Vision-Test-Q8_0.gguf")
+    assert vision.link_vision_model(models) is not None
 
 
 @pytest.fixture(scope="module")
