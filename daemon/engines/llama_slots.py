@@ -26,7 +26,8 @@ Images (a vision model, llama_vision.py): a prompt's images are spans of placeho
 in its token list. Text tokens go into the shared batch up to the next image; an image is
 read by a decode of its own (llama.cpp takes embeddings or tokens in one batch, never
 both), after the step's token decode: the oldest request at an image has it encoded
-(once: the embeddings stay with the request) and its embeddings decoded, at most
+(once: the embeddings stay with the request; while another slot is generating, the
+encoding is that step's whole image work) and its embeddings decoded, at most
 `prefill_chunk` of them a step while another slot is generating, like a prompt chunk
 (a model whose images need non-causal attention reads each image whole). A cached prefix
 that ends inside an image is cut back to the image's start.
@@ -252,6 +253,16 @@ class LlamaSlots:
             self._truncate(slot, span.start)
         done = len(slot.cached) - span.start
         generating = any(s.job is not None and s.job.next_token is not None for s in self._slots)
+        if span.embeddings is None:
+            try:
+                vision.encode(span)
+            except Exception as exc:
+                self._fail(slot, exc, out)
+                return
+            if generating:  # the encoding is this step's work; its decode comes next step
+                return
+        embeddings = span.embeddings
+        assert embeddings is not None
         want = span.n_tokens - done
         if not span.non_causal:
             want = min(want, self._chunk if generating else self._n_batch)
@@ -260,11 +271,6 @@ class LlamaSlots:
             if got < want and (span.non_causal or got == 0):
                 return  # it waits for room (an older request has the pool)
             want = got
-        try:
-            embeddings = vision.encode(span)
-        except Exception as exc:
-            self._fail(slot, exc, out)
-            return
         status = self._decode_embeddings(slot, embeddings, done, want, span.non_causal)
         if status != 0:
             self._truncate(slot, span.start)

@@ -3,6 +3,7 @@ ImagePart), image decoding, and the routes in process against the fake engine (a
 is a GGUF with a projector beside it; the fake engine does not look at the pixels)."""
 
 import base64
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from daemon.catalog import scan
 from daemon.compat.anthropic import parse_request as parse_messages_request
 from daemon.compat.images import image_from_base64, image_from_url
 from daemon.compat.lmstudio_v1 import parse_chat as parse_v1_chat
@@ -19,6 +21,8 @@ from daemon.compat.requests import parse_chat
 from daemon.engines import images
 from daemon.engines.base import ChatRequest, request_from_dict
 from daemon.errors import InvalidRequest, PayloadTooLarge
+from daemon.instance import LoadConfig
+from daemon.memory import estimate
 from daemon.prediction.service import template_messages
 from daemon.prediction.types import ImagePart, Message, TextPart
 from daemon.sdk.files import UploadedFiles
@@ -312,3 +316,14 @@ async def test_uploads_are_checked_and_bounded() -> None:
     with pytest.raises(InvalidRequest):  # the oldest went first
         files.image(handles[0]["identifier"])
     assert files.image(handles[2]["identifier"]).data
+
+
+def test_the_estimate_counts_the_projector(tmp_path: Path) -> None:
+    folder = tmp_path / "test" / "seer"
+    write_gguf(folder / "seer-Q4_K_M.gguf", name="seer", chat_template=PLAIN_TEMPLATE)
+    projector = write_mmproj(folder / "mmproj-seer-f16.gguf")
+    (record,) = scan([tmp_path]).records
+    assert record.type == "vlm" and record.mmproj_bytes == projector.stat().st_size
+    config = LoadConfig(context_length=1024, gpu_ratio=0.0, parallel=1)
+    plain = estimate(dataclasses.replace(record, type="llm"), config)
+    assert estimate(record, config).weights_bytes == plain.weights_bytes + record.mmproj_bytes
