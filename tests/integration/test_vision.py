@@ -314,3 +314,25 @@ def test_lmstudio_sdk_uploads_an_image_and_predicts_with_it(
     # The SDK puts the text before the image: the image adds its tokens all the same.
     assert result.stats.prompt_tokens_count == plain.usage.prompt_tokens + vision.TOKENS_PER_IMAGE
     assert info.vision is True
+
+
+def test_lms_load_of_the_vlm_loads_the_projector_and_counts_it(
+    daemon: RunningDaemon, client: openai.OpenAI
+) -> None:
+    folder = daemon.models_dir / "lmsd-test" / "SmolLM2-135M-Vision-Test-GGUF"
+    projector = (folder / vision.PROJECTOR_NAME).stat().st_size
+    text_estimate = daemon.lms.json("load", TEXT_MODEL, "--estimate-only", "-c", "1024")
+    vlm_estimate = daemon.lms.json("load", VLM, "--estimate-only", "-c", "1024")
+    assert (
+        vlm_estimate["estimate"]["weights_bytes"]
+        == text_estimate["estimate"]["weights_bytes"] + projector
+    )
+    daemon.lms("load", VLM, "--identifier", "seeing", "-c", "1024", "-y", check=True)
+    try:
+        shown = {i["identifier"]: i for i in daemon.lms.json("ps")}["seeing"]
+        assert shown["vision"] is True
+        plain = chat(client, [{"role": "user", "content": QUESTION}], "seeing")
+        seen = chat(client, [image_message(data_url(11))], "seeing")
+        assert seen.usage.prompt_tokens == plain.usage.prompt_tokens + vision.TOKENS_PER_IMAGE
+    finally:
+        daemon.lms("unload", "seeing")
