@@ -364,6 +364,36 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def isolated_env(home: Path, models: Path, **extra: str) -> dict[str, str]:
+    """The environment of an lmsd in its own folders: no LMS_* setting of the caller's
+    leaks in; on Ctrl-C, streams in flight need not finish."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
+    env.update(
+        LMS_HOME=str(home),
+        LMS_MODELS_DIRS=str(models),
+        LMS_RUNTIME_DIR=str(home / "run"),
+        LMS_SHUTDOWN_TIMEOUT="2",
+        **extra,
+    )
+    return env
+
+
+def run_lms(env: dict[str, str], *args: str, timeout: float = 180) -> str:
+    """`lms ARGS` against the daemon of `env`; its stdout, or RuntimeError with its error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lms", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode:
+        raise RuntimeError(f"lms {' '.join(args)}: {result.stderr.strip() or result.stdout}")
+    return result.stdout
+
+
 def wait_http(port: int, path: str, timeout: float, alive: Callable[[], bool]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -440,29 +470,12 @@ def our_daemon(
     target = models / MODEL_REPO / model.name
     target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(model)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
-    env.update(
-        LMS_HOME=str(home),
-        LMS_MODELS_DIRS=str(models),
-        LMS_RUNTIME_DIR=str(home / "run"),
-        LMS_SHUTDOWN_TIMEOUT="2",  # on Ctrl-C, streams in flight need not finish
-    )
+    env = isolated_env(home, models)
     port = free_port()
     lock = home / "run" / "lmsd.lock"
 
     def lms(*args: str, timeout: float = 180) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "lms", *args],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode:
-            raise RuntimeError(f"lms {' '.join(args)}: {result.stderr.strip() or result.stdout}")
-        return result.stdout
+        return run_lms(env, *args, timeout=timeout)
 
     daemon_pid: int | None = None
     try:

