@@ -29,6 +29,8 @@ ENV_ALIASES = {"LMS_SERVER_HOST": "bind"}
 
 # The longest duration a setting may name (ten years): more is a typo or an overflow.
 MAX_SECONDS = 10 * 365 * 24 * 3600.0
+# A fetch holds a request (and a fetch slot) for its whole time limit: keep it short.
+MAX_IMAGE_URL_SECONDS = 300.0
 
 
 def _finite(value: Any) -> bool:
@@ -76,6 +78,27 @@ class Settings:
     max_image_bytes: int = field(
         default=16 * 1024 * 1024,
         metadata={"help": "largest image (file bytes) a request may send a model (413 above)"},
+    )
+    # Image URLs (docs/vision.md, "Image URLs"): off, the server never makes a request
+    # on a client's behalf; on, only to public hosts unless the last one says otherwise.
+    image_urls: bool = field(
+        default=False,
+        metadata={"help": "fetch http(s) image URLs sent in requests (off: a 400 says so)"},
+    )
+    image_urls_max_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={"help": "largest image fetched from a URL (413 above; max_image_bytes too)"},
+    )
+    image_urls_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds fetching one image URL may take, redirects included"},
+    )
+    image_urls_allow_private: bool = field(
+        default=False,
+        metadata={
+            "help": "let image URLs reach loopback, private and link-local addresses "
+            "(off: public hosts only)"
+        },
     )
     jit_loading: bool = field(
         default=True,
@@ -176,7 +199,7 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("shutdown_timeout", "jit_ttl"):
+        for name in ("shutdown_timeout", "jit_ttl", "image_urls_timeout"):
             if not _finite(getattr(self, name)):
                 raise InvalidSetting(name, "must be a finite number of seconds")
         if self.jit_ttl > MAX_SECONDS:
@@ -220,6 +243,13 @@ class Settings:
             raise InvalidSetting("engine", f"must be one of {choices}, got {self.engine!r}")
         if self.max_body_bytes < 1024:
             raise InvalidSetting("max_body_bytes", "must be at least 1024")
+        if self.image_urls_max_bytes < 1:
+            raise InvalidSetting("image_urls_max_bytes", "must be at least 1")
+        if not 0 < self.image_urls_timeout <= MAX_IMAGE_URL_SECONDS:
+            raise InvalidSetting(
+                "image_urls_timeout",
+                f"must be more than 0 and at most {MAX_IMAGE_URL_SECONDS:.0f} seconds",
+            )
 
 
 class InvalidSetting(ConfigError):

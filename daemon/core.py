@@ -23,6 +23,7 @@ from daemon.model_defaults import FILE_NAME as MODEL_DEFAULTS_FILE
 from daemon.model_defaults import ModelDefaults
 from daemon.model_store import ModelStore, models_dirs_for
 from daemon.prediction.conversations import ConversationStore
+from daemon.prediction.image_urls import ImageFetcher
 from daemon.prediction.service import PredictionService
 from daemon.remote.config import UpstreamStore
 from daemon.remote.pool import UpstreamPool
@@ -38,6 +39,7 @@ class Core:
         state_dir: Path,
         starter: EngineStarter = start_engine,
         config_dir: Path | None = None,
+        image_fetcher: ImageFetcher | None = None,
     ) -> None:
         self.events = EventBus()
         # Per-model load defaults, in the config folder (`lms model-defaults`).
@@ -65,7 +67,10 @@ class Core:
             UpstreamStore(state_dir / "upstreams.json"), self.metrics.registry
         )
         self.router = Router(self.manager, self.upstreams)
-        self.predictions = PredictionService(self.manager, self.metrics, self.events, self.router)
+        # Image URLs are fetched by the HTTP layer's fetcher (None: refused).
+        self.predictions = PredictionService(
+            self.manager, self.metrics, self.events, self.router, image_fetcher
+        )
         # Responses kept for `previous_response_id` (Responses API, REST v1 chat).
         self.conversations = ConversationStore()
         self._restoring: asyncio.Task[None] | None = None

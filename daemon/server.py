@@ -25,6 +25,7 @@ from daemon.errors import LmsError, StartupError
 from daemon.events import EventLogHandler
 from daemon.fsutil import atomic_write_text
 from daemon.http.app import create_app
+from daemon.http.image_fetch import WebImageFetcher
 from daemon.http.limits import HttpLimits, LimitedTCPSite, body_timeout_middleware
 from daemon.http.sdk_discovery import SdkDiscovery
 from daemon.model_store import models_dirs_for
@@ -74,6 +75,7 @@ class Daemon:
             state_dir=paths.state_dir,
             starter=starter,
             config_dir=paths.config_dir,
+            image_fetcher=WebImageFetcher(),
         )
         self.limits = limits
         self.app = create_app(self, self.core)

@@ -24,12 +24,13 @@ from typing import Any
 from daemon.compat.durations import request_ttl
 from daemon.compat.errors import ErrorInfo
 from daemon.compat.fields import in_range, optional, required
-from daemon.compat.images import image_from_base64
+from daemon.compat.images import image_from_base64, web_image
 from daemon.engines.base import GenerationParams, StopReason
 from daemon.errors import InvalidRequest
 from daemon.prediction.types import (
     ContentPart,
     ImagePart,
+    ImageUrl,
     Message,
     Prediction,
     PredictionDone,
@@ -120,20 +121,16 @@ def _text_of(block: dict[str, Any], where: str) -> str:
     return text
 
 
-def _image(block: dict[str, Any], where: str) -> ImagePart:
-    """An image block with a base64 source (a URL source is not fetched)."""
+def _image(block: dict[str, Any], where: str) -> ImagePart | ImageUrl:
+    """An image block with a base64 source, or a URL source (fetched by the service when
+    the image_urls setting allows it)."""
     source = block.get("source")
     if not isinstance(source, dict):
         raise _invalid(f"'{where}.source' must be an object", where, "invalid_type")
     if source.get("type") == "url":
-        raise _invalid(
-            f"'{where}.source': this server does not fetch images from the web; send the "
-            'image itself as a base64 source ({"type": "base64", "media_type": ..., "data": ...})',
-            where,
-            "image_url_not_supported",
-        )
+        return web_image(source.get("url"), param=f"{where}.source.url")
     if source.get("type") != "base64":
-        raise _invalid(f"'{where}.source.type' must be \"base64\"", where, "invalid_value")
+        raise _invalid(f'\'{where}.source.type\' must be "base64" or "url"', where, "invalid_value")
     return image_from_base64(
         source.get("data"), source.get("media_type"), param=f"{where}.source.data"
     )

@@ -38,6 +38,7 @@ from daemon.instance import LoadRequest
 from daemon.manager import ModelManager, Phase
 from daemon.metrics import Metrics
 from daemon.prediction import reasoning, schema_limits, tools
+from daemon.prediction.image_urls import ImageFetcher, resolve_image_urls
 from daemon.prediction.types import (
     EmbeddingRequest,
     ImagePart,
@@ -50,6 +51,7 @@ from daemon.prediction.types import (
     PromptProgress,
     ReasoningFragment,
     TextFragment,
+    TextPart,
     ToolCall,
     ToolCallArguments,
     ToolCallEnded,
@@ -82,8 +84,11 @@ class PredictionService:
         metrics: Metrics,
         events: EventBus,
         router: Router | None = None,
+        image_fetcher: ImageFetcher | None = None,
     ) -> None:
         self._manager = manager
+        # Fetches http(s) image URLs (the HTTP layer's; None: they are refused).
+        self.image_fetcher = image_fetcher
         # Leases go through the router: local instances, or remote upstreams (issue 17).
         self._leases = router or manager
         self._metrics = metrics
@@ -92,7 +97,9 @@ class PredictionService:
     @contextlib.asynccontextmanager
     async def predict(self, prediction: Prediction) -> AsyncIterator[PredictionRun]:
         load = prediction.load or LoadRequest()
-        await check_images(prediction, self._manager.settings.max_image_bytes)
+        settings = self._manager.settings
+        prediction = await resolve_image_urls(prediction, settings, self.image_fetcher)
+        await check_images(prediction, settings.max_image_bytes)
         async with self._leases.lease(prediction.model, ttl=prediction.ttl, request=load) as lease:
             _require_llm(lease)
             _require_vision(lease, prediction)
@@ -299,7 +306,7 @@ def _require_vision(lease: Lease, prediction: Prediction) -> None:
 def _content_text(message: Message, images: list[ImagePart] | None) -> str:
     """The message's text, with IMAGE_MARKER where each image goes (collected into
     `images`), joined into one string: what every chat template can read."""
-    if not message.images:
+    if not message.images and not message.image_urls:
         return message.text
     if images is None:
         raise InvalidRequest(
@@ -312,8 +319,10 @@ def _content_text(message: Message, images: list[ImagePart] | None) -> str:
         if isinstance(part, ImagePart):
             images.append(part)
             text += IMAGE_MARKER
-        else:
+        elif isinstance(part, TextPart):
             text += part.text
+        else:  # never here: the service fetches image URLs first
+            raise InvalidRequest("an image URL was not fetched", param="messages")
     return text
 
 

@@ -39,7 +39,16 @@ class ImagePart:
     mime_type: str
 
 
-ContentPart = TextPart | ImagePart
+@dataclass(frozen=True)
+class ImageUrl:
+    """An image named by an http(s) URL: the prediction service fetches it (when the
+    `image_urls` setting allows) into an ImagePart before a model is leased."""
+
+    url: str
+    param: str  # where the request named it, for errors
+
+
+ContentPart = TextPart | ImagePart | ImageUrl
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,10 @@ class Message:
     @property
     def images(self) -> tuple[ImagePart, ...]:
         return tuple(p for p in self.content if isinstance(p, ImagePart))
+
+    @property
+    def image_urls(self) -> tuple[ImageUrl, ...]:
+        return tuple(p for p in self.content if isinstance(p, ImageUrl))
 
 
 @dataclass(frozen=True)

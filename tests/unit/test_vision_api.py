@@ -24,7 +24,7 @@ from daemon.errors import InvalidRequest, PayloadTooLarge
 from daemon.instance import LoadConfig
 from daemon.memory import estimate
 from daemon.prediction.service import template_messages
-from daemon.prediction.types import ImagePart, Message, TextPart
+from daemon.prediction.types import ImagePart, ImageUrl, Message, TextPart
 from daemon.sdk.files import UploadedFiles
 from daemon.sdk.translate import history_messages
 from daemon.server import Daemon
@@ -68,8 +68,9 @@ def test_a_data_url_becomes_an_image_part() -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("https://example.com/a.png", "does not fetch images"),
-        ("http://example.com/a.png", "does not fetch images"),
+        ("https://user:secret@example.com/a.png", "user name or password"),
+        ("http:///a.png", "not a valid http(s) URL"),
+        ("https://example.com:99999/a.png", "not a valid http(s) URL"),
         ("file:///etc/passwd", "data URL"),
         ("data:image/png,notbase64", "data URL"),
         ("data:image/png;base64,%%%", "not valid base64"),
@@ -81,6 +82,12 @@ def test_bad_image_urls_are_400s(url: Any, says: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         image_from_url(url, param="p")
     assert says in str(caught.value)
+
+
+def test_a_web_url_is_left_for_the_service_to_fetch() -> None:
+    assert image_from_url("https://example.com/a.png", param="p") == ImageUrl(
+        "https://example.com/a.png", "p"
+    )
 
 
 def test_openai_chat_image_url_part() -> None:
@@ -124,16 +131,17 @@ def test_anthropic_image_block() -> None:
     (message,) = parsed.prediction.messages
     assert message.content == (ImagePart(PNG, "image/png"), TextPart("?"))
     url_source = {"type": "url", "url": "https://example.com/a.png"}
-    with pytest.raises(InvalidRequest, match="does not fetch"):
-        parse_messages_request(
-            {
-                "model": "m",
-                "max_tokens": 8,
-                "messages": [
-                    {"role": "user", "content": [{"type": "image", "source": url_source}]}
-                ],
-            }
-        )
+    parsed = parse_messages_request(
+        {
+            "model": "m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": [{"type": "image", "source": url_source}]}],
+        }
+    )
+    (message,) = parsed.prediction.messages
+    assert message.content == (
+        ImageUrl("https://example.com/a.png", "messages[0].content[0].source.url"),
+    )
 
 
 def test_rest_v1_image_item() -> None:
@@ -257,6 +265,8 @@ async def test_an_image_url_on_the_web_is_a_400(client: Client) -> None:
         client, "/v1/chat/completions", chat_body("seer", "https://example.com/a.png")
     )
     assert status == 400 and "data URL" in body["error"]["message"]
+    assert body["error"]["code"] == "image_url_not_supported"
+    assert "image_urls setting" in body["error"]["message"]
 
 
 async def test_too_many_bytes_is_a_413_in_each_surface_shape(client: Client) -> None:
