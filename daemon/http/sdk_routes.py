@@ -22,7 +22,7 @@ from daemon.errors import InvalidRequest, Unauthorized
 from daemon.http.browsers import cross_site_refusal
 from daemon.http.channel import via_unix_socket
 from daemon.http.errors import response_for
-from daemon.http.keys import CONTROL, MANAGER, MODELS, PREDICTIONS
+from daemon.http.keys import CONTROL, MANAGER, MODELS, PREDICTIONS, UPSTREAMS
 from daemon.http.routes import PUBLIC, Route
 from daemon.http.security import presented_key
 from daemon.sdk import protocol
@@ -117,6 +117,7 @@ async def _serve(request: web.Request, ws: web.WebSocketResponse, namespace: str
         version=__version__,
         admin=admin,
         files=request.app[FILES],
+        upstreams=request.app[UPSTREAMS],
     )
     session = Session(ctx, send)
     try:

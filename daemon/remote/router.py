@@ -100,6 +100,14 @@ class Router:
     def policy_of(self, name: str) -> Policy:
         return self._pool.store.policies.get(name, DEFAULT_POLICY)
 
+    async def remote_first(self, name: str) -> bool:
+        """Whether a request for `name` goes to an upstream first (its policy, and whether
+        it is on disk here): what the SDK shows as a remote model, served, never loaded."""
+        if not self._pool.serves(name):
+            return False
+        order = route_order(self.policy_of(name), local=await self._on_disk(name), remote=True)
+        return order[:1] == ["remote"]
+
     async def _on_disk(self, name: str) -> bool:
         # The last snapshot, not a forced rescan: a remote-only key must not cost a scan
         # of the models folders on every request.

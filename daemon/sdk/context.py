@@ -13,6 +13,8 @@ from daemon.instance import Instance, State
 from daemon.manager import ModelManager
 from daemon.model_store import ModelStore
 from daemon.prediction.service import PredictionService
+from daemon.remote.pool import UpstreamPool
+from daemon.remote.router import Router
 from daemon.sdk import translate
 from daemon.sdk.files import UploadedFiles
 
@@ -30,6 +32,12 @@ class Context:
     version: str
     admin: bool  # an admin key, or the owner's Unix socket
     files: UploadedFiles  # the daemon's one store of uploaded images
+    upstreams: UpstreamPool  # remote models (docs/scale-out.md)
+
+    @property
+    def router(self) -> Router:
+        """The routing rules the prediction service leases by (stateless: cheap to make)."""
+        return Router(self.manager, self.upstreams)
 
 
 @dataclass
@@ -124,10 +132,3 @@ def specified(ctx: Context, specifier: Any) -> tuple[str, Instance | None]:
         if name in (inst.identifier, inst.record.path, inst.record.key):
             return inst.identifier, inst
     return name, None
-
-
-def loaded_instance(ctx: Context, specifier: Any) -> Instance:
-    _, inst = specified(ctx, specifier)
-    if inst is None:
-        raise no_model(ctx, as_dict(specifier, "specifier").get("query"))
-    return inst

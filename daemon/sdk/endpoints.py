@@ -1,7 +1,9 @@
 """What each SDK endpoint does, through the manager (loads, listings, unloads) and the
 prediction service (predictions, embeddings), like every other surface. An RPC endpoint
 returns its result; a channel endpoint sends messages on its channel and returns when
-it is done (session.py closes the channel then, or reports what it raised).
+it is done (session.py closes the channel then, or reports what it raised). Remote
+models (remote.py) are listed beside the local ones and served by name through the
+same prediction service, whose router sends them upstream.
 
 Access (docs/sdk.md, docs/security.md): the connection is at the inference level. What
 an inference caller can already do over HTTP it may do here: predict, embed, list, and
@@ -16,9 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.errors import InvalidRequest
+from daemon.instance import Instance
 from daemon.prediction.service import template_messages
 from daemon.prediction.types import EmbeddingRequest
-from daemon.sdk import loads, translate
+from daemon.sdk import loads, remote, translate
 from daemon.sdk.context import (
     ChannelHandler,
     Context,
@@ -27,9 +30,7 @@ from daemon.sdk.context import (
     as_dict,
     context_length,
     instance_info,
-    loaded_instance,
     loaded_instances,
-    specified,
 )
 from daemon.sdk.predict import predict
 
@@ -38,9 +39,10 @@ from daemon.sdk.predict import predict
 
 async def list_downloaded(ctx: Context, param: Any) -> Any:
     catalog = await ctx.store.catalog()
-    return [
+    listed = [
         translate.model_info(r, catalog.public_id(r)) for r in catalog.records if r.error is None
     ]
+    return remote.with_remote(ctx, listed)
 
 
 async def version(ctx: Context, param: Any) -> Any:
@@ -58,28 +60,41 @@ def _text(param: dict[str, Any], name: str) -> str:
 
 
 async def list_loaded(ctx: Context, param: Any) -> Any:
-    return [await instance_info(ctx, i) for i in loaded_instances(ctx)]
+    local = [await instance_info(ctx, i) for i in loaded_instances(ctx)]
+    return local + [remote.instance_info(m) for m in await remote.remote_models(ctx)]
 
 
 async def get_model_info(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
     try:
-        inst = loaded_instance(ctx, param.get("specifier"))
+        target = await remote.loaded(ctx, param.get("specifier"))
     except NoModelMatching:
         if param.get("throwIfNotFound", True):
             raise
         return None
-    return await instance_info(ctx, inst)
+    if isinstance(target, remote.RemoteModel):
+        return remote.instance_info(target)
+    return await instance_info(ctx, target)
 
 
 async def get_load_config(ctx: Context, param: Any) -> Any:
-    inst = loaded_instance(ctx, as_dict(param, "parameter").get("specifier"))
-    return translate.load_config(context_length(inst), inst.config.gpu_ratio, ctx.namespace)
+    target = await remote.loaded(ctx, as_dict(param, "parameter").get("specifier"))
+    if isinstance(target, remote.RemoteModel):
+        return remote.load_config()
+    return translate.load_config(context_length(target), target.config.gpu_ratio, ctx.namespace)
+
+
+async def _local(ctx: Context, specifier: Any) -> Instance:
+    """The loaded instance for what needs the model's own tokenizer (not an upstream's)."""
+    target = await remote.loaded(ctx, specifier)
+    if isinstance(target, remote.RemoteModel):
+        raise remote.no_tokenizer(target)
+    return target
 
 
 async def count_tokens(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
-    inst = loaded_instance(ctx, param.get("specifier"))
+    inst = await _local(ctx, param.get("specifier"))
     text = _text(param, "inputString")
     async with ctx.manager.lease(inst.identifier) as lease:
         return {"tokenCount": await lease.engine.count_tokens(text)}
@@ -87,7 +102,7 @@ async def count_tokens(ctx: Context, param: Any) -> Any:
 
 async def tokenize(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
-    inst = loaded_instance(ctx, param.get("specifier"))
+    inst = await _local(ctx, param.get("specifier"))
     text = _text(param, "inputString")
     async with ctx.manager.lease(inst.identifier) as lease:
         return {"tokens": await lease.engine.tokenize(text)}
@@ -95,7 +110,7 @@ async def tokenize(ctx: Context, param: Any) -> Any:
 
 async def apply_prompt_template(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
-    inst = loaded_instance(ctx, param.get("specifier"))
+    inst = await _local(ctx, param.get("specifier"))
     messages = translate.history_messages(param.get("history"), ctx.files.image)
     config = translate.flatten_stack(param.get("predictionConfigStack"))
     tools = translate.tool_setup(config.get("llm.prediction.tools"))
@@ -108,7 +123,7 @@ async def apply_prompt_template(ctx: Context, param: Any) -> Any:
 
 async def embed_string(ctx: Context, param: Any) -> Any:
     param = as_dict(param, "parameter")
-    name, _ = specified(ctx, param.get("modelSpecifier"))
+    name, _ = await remote.find(ctx, param.get("modelSpecifier"))
     text = _text(param, "inputString")
     embedded = await ctx.predictions.embed(EmbeddingRequest(model=name, inputs=(text,)))
     return {"embedding": embedded.vectors[0]}

@@ -8,16 +8,15 @@ import asyncio
 import contextlib
 from typing import Any
 
-from daemon.errors import Forbidden, InvalidRequest, LmsError
+from daemon.errors import Forbidden, InvalidRequest, LmsError, ModelNotFound
 from daemon.eviction import auto_evict_victims
 from daemon.instance import Instance, LoadRequest, State
-from daemon.sdk import translate
+from daemon.sdk import remote, translate
 from daemon.sdk.context import (
     Channel,
     Context,
     as_dict,
     instance_info,
-    specified,
     string_field,
 )
 
@@ -25,7 +24,11 @@ from daemon.sdk.context import (
 async def unload_model(ctx: Context, param: Any) -> Any:
     identifier = string_field(as_dict(param, "parameter"), "identifier")
     inst = next((i for i in ctx.manager.instances() if i.identifier == identifier), None)
-    if inst is not None and inst.origin != "jit" and not ctx.admin:
+    if inst is None:
+        refusal = remote.not_unloadable(ctx, identifier)
+        if refusal is not None:
+            raise refusal
+    elif inst.origin != "jit" and not ctx.admin:
         raise Forbidden(
             f"{identifier} was loaded with `lms load` (or pinned); unloading it over the SDK "
             "needs an admin API key (or use `lms unload`)"
@@ -71,7 +74,13 @@ async def _load(
     manual: bool,
     get_or_load: bool,
 ) -> None:
-    record = await ctx.store.resolve(name)
+    try:
+        record = await ctx.store.resolve(name)
+    except ModelNotFound:
+        refusal = remote.not_loadable(ctx, name)
+        if refusal is not None:
+            raise refusal from None
+        raise
     if (record.type == "embeddings") != (ctx.namespace == "embedding"):
         raise InvalidRequest(
             f"{name} is {'an embedding model' if record.type == 'embeddings' else 'an LLM'}: "
@@ -134,9 +143,12 @@ def _load_request(ctx: Context, param: dict[str, Any]) -> LoadRequest:
 async def get_or_load(ctx: Context, param: Any, channel: Channel) -> None:
     param = as_dict(param, "creationParameter")
     name = string_field(param, "identifier")
-    _, inst = specified(ctx, {"type": "query", "query": {"identifier": name}})
-    if inst is not None:
-        await channel.send({"type": "alreadyLoaded", "info": await instance_info(ctx, inst)})
+    _, target = await remote.find(ctx, {"type": "query", "query": {"identifier": name}})
+    if isinstance(target, remote.RemoteModel):  # served upstream: nothing to load here
+        await channel.send({"type": "alreadyLoaded", "info": remote.instance_info(target)})
+        return
+    if target is not None:
+        await channel.send({"type": "alreadyLoaded", "info": await instance_info(ctx, target)})
         return
     ttl = translate.ttl_seconds(param.get("loadTtlMs"), "loadTtlMs")
     request = _load_request(ctx, param)

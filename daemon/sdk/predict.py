@@ -9,6 +9,7 @@ from typing import Any
 
 from daemon.errors import LmsError
 from daemon.prediction.types import (
+    ModelUsed,
     PredictionDone,
     PredictionFailed,
     PromptProgress,
@@ -18,13 +19,8 @@ from daemon.prediction.types import (
     ToolCallFailed,
     ToolCallStarted,
 )
-from daemon.sdk import translate
-from daemon.sdk.context import (
-    Channel,
-    Context,
-    as_dict,
-    specified,
-)
+from daemon.sdk import remote, translate
+from daemon.sdk.context import Channel, Context, as_dict
 from daemon.sdk.protocol import error_of
 
 
@@ -49,7 +45,7 @@ async def _next_or_cancel(events: Any, cancelled: asyncio.Event) -> Any:
 
 async def predict(ctx: Context, param: Any, channel: Channel) -> None:
     param = as_dict(param, "creationParameter")
-    name, _ = specified(ctx, param.get("modelSpecifier"))
+    name, _ = await remote.find(ctx, param.get("modelSpecifier"))
     request = translate.predict_request(name, param, ttl=None, files=ctx.files.image)
     async with ctx.predictions.predict(request.prediction) as run:
         done: PredictionDone | None = None
@@ -85,35 +81,39 @@ async def predict(ctx: Context, param: Any, channel: Channel) -> None:
             elif isinstance(event, PredictionDone):
                 done = event
                 break
-        cancelled = done is None
-        model = run.model
-        catalog = await ctx.store.catalog()
-        record = next((r for r in catalog.records if r.path == model.path), None)
-        key = catalog.public_id(record) if record is not None else model.model_key
-        instance = next(
-            (i for i in ctx.manager.instances() if i.identifier == model.identifier), None
-        )
-        info: dict[str, Any] = (
-            translate.model_info(record, key) if record is not None else {"path": model.path}
-        )
-        info = {
-            **info,
-            "type": "llm",
-            "modelKey": key,
-            "identifier": model.identifier,
-            "instanceReference": instance.reference if instance is not None else "",
-            "contextLength": model.context_length,
-        }
+        info, load_config = await _model_info(ctx, run.model)
         await channel.send(
             {
                 "type": "success",
-                "stats": translate.stats(done, cancelled=cancelled, gpu_layers=0),
+                "stats": translate.stats(done, cancelled=done is None, gpu_layers=0),
                 "modelInfo": info,
-                "loadModelConfig": translate.load_config(
-                    model.context_length,
-                    instance.config.gpu_ratio if instance is not None else 0.0,
-                    "llm",
-                ),
+                "loadModelConfig": load_config,
                 "predictionConfig": translate.kv_config(request.config),
             }
         )
+
+
+async def _model_info(ctx: Context, model: ModelUsed) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The instance that answered, and its load config, for `success`."""
+    if model.format == "remote":  # the router sent it upstream
+        served = remote.RemoteModel(model.model_key, remote.upstreams_of(ctx, model.model_key))
+        return remote.instance_info(served), remote.load_config()
+    catalog = await ctx.store.catalog()
+    record = next((r for r in catalog.records if r.path == model.path), None)
+    key = catalog.public_id(record) if record is not None else model.model_key
+    instance = next((i for i in ctx.manager.instances() if i.identifier == model.identifier), None)
+    info: dict[str, Any] = (
+        translate.model_info(record, key) if record is not None else {"path": model.path}
+    )
+    info = {
+        **info,
+        "type": "llm",
+        "modelKey": key,
+        "identifier": model.identifier,
+        "instanceReference": instance.reference if instance is not None else "",
+        "contextLength": model.context_length,
+    }
+    load_config = translate.load_config(
+        model.context_length, instance.config.gpu_ratio if instance is not None else 0.0, "llm"
+    )
+    return info, load_config
