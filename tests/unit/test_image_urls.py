@@ -311,8 +311,9 @@ async def test_fetches_at_once_are_bounded(host: ImageHost) -> None:
     fetcher = WebImageFetcher(max_fetches=1)
     limits = FetchLimits(max_bytes=LIMIT, timeout=30.0, allow_private=True)
     holding = asyncio.create_task(fetcher.fetch(host.url("/slow.png"), limits, param="a"))
-    while not host.seen:  # the slow fetch holds the slot, its request is in
+    while not host.seen and not holding.done():  # the slow fetch holds the slot
         await asyncio.sleep(0.01)
+    assert not holding.done(), holding.exception()
     short = FetchLimits(max_bytes=LIMIT, timeout=0.2, allow_private=True)
     # The one slot is taken by the slow fetch: this one waits for it until its time is up.
     with pytest.raises(InvalidRequest, match="took longer"):
