@@ -31,6 +31,13 @@ encoding is that step's whole image work) and its embeddings decoded, at most
 `prefill_chunk` of them a step while another slot is generating, like a prompt chunk
 (a model whose images need non-causal attention reads each image whole). A cached prefix
 that ends inside an image is cut back to the image's start.
+
+Positions: a slot keeps each cached cell's position beside its token. Text and most
+images take one position per cell; an M-RoPE model's image (Qwen2-VL) takes fewer
+positions than cells, all its cells sharing the image's first position in the cache
+(their row and column go into the 4-component positions of the embeddings' batch). So a
+cell's position is not its index: cutting the cache at cell k removes the positions from
+that cell's on (`llama_memory_seq_rm`), and never cuts an image in two.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from daemon.engines.base import GenerationParams, SlotOutput, StopReason
 from daemon.engines.llama_sampling import Sampler, token_logprobs
@@ -77,8 +85,23 @@ class _Job:
 class _Slot:
     seq: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    positions: list[int] = field(default_factory=list)  # each cached cell's position
+    next_pos: int = 0  # the position the next cell takes
     used_at: float = 0.0
     job: _Job | None = None
+
+    def append(self, token: int) -> int:
+        """Records one more text cell; returns its position."""
+        pos = self.next_pos
+        self.cached.append(token)
+        self.positions.append(pos)
+        self.next_pos = pos + 1
+        return pos
+
+    def pop(self) -> None:
+        """Takes the last cell back (its KV was never written)."""
+        self.cached.pop()
+        self.next_pos = self.positions.pop()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -120,6 +143,7 @@ class LlamaSlots:
         self._pool = pool_cells  # None: every slot has its own context_length cells
         self._vision = vision
         self._embd_batch: Any = None  # made on the first image
+        self._mrope_pos: Any = None  # 4 positions per embedding, for M-RoPE models
 
     def slot_count(self) -> int:
         return len(self._slots)
@@ -179,16 +203,24 @@ class LlamaSlots:
         )
         slot.job = _Job(key, prompt, params, sampler, shaper, cancelled, arrived, spans=spans)
 
-    def _truncate(self, slot: _Slot, keep: int) -> None:
-        """Drops the slot's KV cells from position `keep` on (all of them if the memory
-        cannot drop a tail, as with recurrent models)."""
+    def _truncate(self, slot: _Slot, keep: int) -> int:
+        """Drops the slot's KV cells from cell `keep` on (all of them if the memory cannot
+        drop a tail, as with recurrent models); returns how many cells went. A cut inside
+        an image whose cells share one position takes the whole image."""
+        if keep >= len(slot.cached):
+            return 0
+        positions = slot.positions
+        while keep > 0 and positions[keep - 1] == positions[keep]:
+            keep -= 1
         memory, seq = self._memory, slot.seq
-        if keep < len(slot.cached) and (
-            keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, seq, keep, -1)
-        ):
+        if keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, seq, positions[keep], -1):
             llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
             keep = 0
+        dropped = len(slot.cached) - keep
+        slot.next_pos = positions[keep]
         del slot.cached[keep:]
+        del positions[keep:]
+        return dropped
 
     # -- stepping -----------------------------------------------------------------------
 
@@ -271,7 +303,8 @@ class LlamaSlots:
             if got < want and (span.non_causal or got == 0):
                 return  # it waits for room (an older request has the pool)
             want = got
-        status = self._decode_embeddings(slot, embeddings, done, want, span.non_causal)
+        first = slot.next_pos if done == 0 else slot.positions[span.start]
+        status = self._decode_embeddings(slot, span, first, done, want)
         if status != 0:
             self._truncate(slot, span.start)
             if status == 1 and self._pool is not None:
@@ -282,32 +315,47 @@ class LlamaSlots:
             return
         start = len(slot.cached)
         slot.cached.extend(job.prompt[start : start + want])
+        if span.mrope is not None:  # the image's cells share its first position
+            slot.positions.extend([first] * want)
+            slot.next_pos = first + span.n_pos if done + want == span.n_tokens else first
+        else:
+            slot.positions.extend(range(first + done, first + done + want))
+            slot.next_pos = first + done + want
 
     def _decode_embeddings(
-        self, slot: _Slot, embeddings: Any, offset: int, count: int, non_causal: bool
+        self, slot: _Slot, span: ImageSpan, first: int, offset: int, count: int
     ) -> int:
-        """Decodes image embeddings [offset, offset + count) at the slot's next positions."""
+        """Decodes the image's embeddings [offset, offset + count); the image's first
+        position is `first`."""
         vision = self._vision
-        assert vision is not None
+        assert vision is not None and span.embeddings is not None
         n_embd = vision.n_embd
         if self._embd_batch is None:
             self._embd_batch = llama_cpp.llama_batch_init(self._n_batch, n_embd, 1)
         batch = self._embd_batch
-        rows = embeddings[offset * n_embd : (offset + count) * n_embd]
+        rows = span.embeddings[offset * n_embd : (offset + count) * n_embd]
         ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
-        base = len(slot.cached)
         for i in range(count):
-            batch.pos[i] = base + i
+            batch.pos[i] = first + offset + i
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = slot.seq
             batch.logits[i] = False
         batch.n_tokens = count
-        if non_causal:
+        own_pos = batch.pos
+        if span.mrope is not None:  # section-major: all t, then all rows, columns, extra
+            relative, moved = span.mrope
+            if self._mrope_pos is None:
+                self._mrope_pos = (llama_cpp.llama_pos * (4 * self._n_batch))()
+            view = np.ctypeslib.as_array(self._mrope_pos)[: 4 * count].reshape(4, count)
+            view[:] = relative[:, offset : offset + count] + (moved * first)[:, None]
+            batch.pos = ctypes.cast(self._mrope_pos, ctypes.POINTER(llama_cpp.llama_pos))
+        if span.non_causal:
             llama_cpp.llama_set_causal_attn(self._ctx, False)
         try:
             return int(llama_cpp.llama_decode(self._ctx, batch))
         finally:
-            if non_causal:
+            batch.pos = own_pos  # llama_batch_free frees the batch's own array
+            if span.non_causal:
                 llama_cpp.llama_set_causal_attn(self._ctx, True)
 
     def _fill(self, out: list[SlotOutput], now: float) -> list[_Slot]:
@@ -320,11 +368,10 @@ class LlamaSlots:
         def put(slot: _Slot, token: int, logits: bool) -> None:
             nonlocal n
             batch.token[n] = token
-            batch.pos[n] = len(slot.cached)
+            batch.pos[n] = slot.append(token)
             batch.n_seq_id[n] = 1
             batch.seq_id[n][0] = slot.seq
             batch.logits[n] = logits
-            slot.cached.append(token)
             n += 1
 
         active = sorted((s for s in self._slots if s.job is not None), key=_arrival)
@@ -386,7 +433,7 @@ class LlamaSlots:
         tokens back and end the newest request in it, so the others fit next step."""
         for i in range(self._batch.n_tokens - 1, -1, -1):
             seq = int(self._batch.seq_id[i][0])
-            self._slots[seq].cached.pop()
+            self._slots[seq].pop()
         newest = max(in_batch, key=_arrival)
         job = newest.job
         assert job is not None
@@ -454,6 +501,8 @@ class LlamaSlots:
         """The context's memory was cleared behind our back (an embedding call)."""
         for slot in self._slots:
             slot.cached.clear()
+            slot.positions.clear()
+            slot.next_pos = 0
 
     def close(self) -> None:
         self.abort_all()
@@ -493,8 +542,7 @@ class _Room:
         for slot in idle:
             if need <= 0:
                 return
-            drop = min(need, len(slot.cached))
-            owner._truncate(slot, len(slot.cached) - drop)
+            drop = owner._truncate(slot, len(slot.cached) - min(need, len(slot.cached)))
             self.free += drop
             need -= drop
 
@@ -515,8 +563,7 @@ class _Room:
         for other in sorted(newer, key=_arrival, reverse=True):
             if need <= 0:
                 return
-            drop = min(need, len(other.cached))
-            owner._truncate(other, len(other.cached) - drop)
+            drop = owner._truncate(other, len(other.cached) - min(need, len(other.cached)))
             self.free += drop
             need -= drop
 

@@ -7,6 +7,11 @@ A prompt with images is one list of token ids in which each image stands as as m
 placeholder ids as the image takes positions: negative numbers made from the hash of the
 image's bytes and the position in it. So the slots' prompt cache (llama_slots.py) finds a
 cached image again by plain prefix comparison, and never mistakes one image for another.
+
+Positions: most models give an image's embeddings one position each. Models with M-RoPE
+(Qwen2-VL and its successors) give the whole image `n_pos` positions (max(rows, columns))
+and each embedding a (temporal, row, column, extra) position inside them; mtmd says which
+(`mtmd_decode_use_mrope`) and computes those positions, so the span keeps them.
 """
 
 from __future__ import annotations
@@ -38,14 +43,25 @@ def placeholder(image_hash: str, index: int) -> int:
 
 @dataclass
 class ImageSpan:
-    """One image of a prompt: its positions [start, start + n_tokens) in the token list,
-    and mtmd's chunk for it (freed once encoded, or when the request ends)."""
+    """One image of a prompt: its entries [start, start + n_tokens) in the token list,
+    the positions it takes in the sequence (`n_pos`), and mtmd's chunk for it (freed once
+    encoded, or when the request ends).
+
+    `mrope`: for an M-RoPE model, each embedding's 4 position components relative to the
+    image's first position p0 (shape 4 x n_tokens, section-major as llama_batch wants them)
+    and which components add p0 (the rest are fixed)."""
 
     start: int
     n_tokens: int
     chunk: Any
     non_causal: bool
+    n_pos: int = 0
+    mrope: tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]] | None = None
     embeddings: npt.NDArray[np.float32] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_pos <= 0:
+            self.n_pos = self.n_tokens
 
     @property
     def end(self) -> int:
@@ -88,12 +104,6 @@ class Vision:
 
     def prompt(self, text: str, encoded: list[str], *, add_special: bool) -> VisionPrompt:
         """The rendered prompt with its images (base64 file bytes, in marker order)."""
-        if self.mrope:
-            raise InvalidRequest(
-                "this model places image positions with M-RoPE (the Qwen2-VL family), "
-                "which lmsd does not do yet; send text",
-                code="unsupported_content",
-            )
         datas = [_bytes(item, i) for i, item in enumerate(encoded)]
         bitmaps = [self._bitmap(data, i) for i, data in enumerate(datas)]
         chunks = mtmd_cpp.mtmd_input_chunks_init()
@@ -147,7 +157,15 @@ class Vision:
                     ident = (mtmd_cpp.mtmd_input_chunk_get_id(chunk) or b"").decode()
                     copy = mtmd_cpp.mtmd_input_chunk_copy(chunk)
                     causal = not mtmd_cpp.mtmd_decode_use_non_causal(self._ctx, chunk)
-                    spans.append(ImageSpan(len(tokens), n, copy, non_causal=not causal))
+                    span = ImageSpan(
+                        len(tokens),
+                        n,
+                        copy,
+                        non_causal=not causal,
+                        n_pos=int(mtmd_cpp.mtmd_input_chunk_get_n_pos(chunk)),
+                        mrope=_mrope_positions(chunk, n) if self.mrope else None,
+                    )
+                    spans.append(span)
                     tokens.extend(placeholder(ident, j) for j in range(n))
                 else:
                     raise InvalidRequest("this server takes text and images only")
@@ -172,6 +190,25 @@ class Vision:
         if self._ctx:
             mtmd_cpp.mtmd_free(self._ctx)
             self._ctx = None
+
+
+def _mrope_positions(
+    chunk: Any, n_tokens: int
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """mtmd's decoder positions for each embedding of an image, relative to the image's
+    first position, and which of the 4 components move with that position. mtmd gives
+    absolute positions for a first position p0; asking for p0 = 0 and p0 = 1 tells the
+    offsets from the components that follow p0 (t, row, column) and those that do not."""
+    tokens = mtmd_cpp.mtmd_input_chunk_get_tokens_image(chunk)
+    relative = np.empty((4, n_tokens), dtype=np.int32)
+    moved = np.zeros(4, dtype=np.int32)
+    for i in range(n_tokens):
+        at0 = mtmd_cpp.mtmd_image_tokens_get_decoder_pos(tokens, 0, i)
+        at1 = mtmd_cpp.mtmd_image_tokens_get_decoder_pos(tokens, 1, i)
+        for axis, name in enumerate(("t", "y", "x", "z")):  # llama.cpp's section order
+            relative[axis, i] = getattr(at0, name)
+            moved[axis] |= getattr(at1, name) != getattr(at0, name)
+    return relative, moved
 
 
 def _bytes(item: str, index: int) -> bytes:
