@@ -70,13 +70,15 @@ def _device(model: ListedModel) -> str:
 
 def _row(model: ListedModel) -> list[str]:
     arch = model.get("architecture") or ""
+    loaded = _loaded_marker(model["loaded"])
     return [
         output.safe(model["modelKey"]),
         output.safe(model.get("paramsString") or ""),
         output.safe(ARCH_NAMES.get(arch, arch)),
         format_size(model["sizeBytes"]),
         _device(model),
-        _loaded_marker(model["loaded"]),
+        # LM Studio's app marks a model that takes images; lms ls --json has `vision`.
+        "  ".join(m for m in ("vision" if model.get("vision") else "", loaded) if m),
     ]
 
 

@@ -73,6 +73,10 @@ def test_listed_as_vision(daemon: RunningDaemon) -> None:
     assert models[TEXT_MODEL]["type"] == "llm"
     listed = {m["modelKey"]: m for m in daemon.lms.json("ls")}
     assert listed[VLM]["vision"] is True and listed[TEXT_MODEL]["vision"] is False
+    table = daemon.lms("ls", check=True).stdout
+    rows = {line.split()[0]: line for line in table.splitlines() if line.strip()}
+    assert rows[VLM].split()[-1] == "vision"
+    assert "vision" not in rows[TEXT_MODEL]
 
 
 def test_each_image_adds_its_tokens(client: openai.OpenAI) -> None:
