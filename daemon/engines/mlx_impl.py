@@ -6,6 +6,10 @@ cancel is seen between prompt chunks and between tokens, each token can carry it
 logprobs, and stop strings, limits and timing are shared with every engine
 (streaming.py). Sampling uses mlx-lm's own samplers and logits processors.
 
+A vision model (config.json with `vision_config`) loads through mlx-vlm instead and its
+requests, with or without images, run there (mlx_vision.py); without mlx-vlm its load fails
+and says so.
+
 The context defaults to min(`max_position_embeddings`, 4096), like the llama.cpp engine.
 MLX's KV cache grows as needed, so the context is a bound, not an allocation.
 """
@@ -29,7 +33,9 @@ import numpy as np
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+from daemon.engines import mlx_vision
 from daemon.engines.base import (
+    ChatRequest,
     EmbedResult,
     EngineInfo,
     GenerationParams,
@@ -69,9 +75,9 @@ def backend() -> str:
     return "cpu"
 
 
-def runtime_name() -> str:
-    """e.g. "mlx-lm-linux-x86_64-cpu" or "mlx-lm-darwin-arm64-metal"."""
-    return f"mlx-lm-{sys.platform}-{platform.machine().lower()}-{backend()}"
+def runtime_name(library: str = "mlx-lm") -> str:
+    """e.g. "mlx-lm-linux-x86_64-cpu" or "mlx-vlm-darwin-arm64-metal"."""
+    return f"{library}-{sys.platform}-{platform.machine().lower()}-{backend()}"
 
 
 def trained_context(config: dict[str, Any]) -> int | None:
@@ -193,6 +199,7 @@ class MlxEngine:
         self._cached: list[int] = []
         self._reused = 0  # prompt tokens the running request took from that cache
         self._structured: Any = None  # mlx_structured.StructuredFactory, built on first use
+        self._vlm: mlx_vision.VisionModel | None = None  # a vision model (mlx-vlm), else mlx-lm's
 
     @property
     def model(self) -> Any:
@@ -216,6 +223,34 @@ class MlxEngine:
             raise LoadFailed(f"{path / 'config.json'} cannot be read: {exc}") from exc
         if not isinstance(config, dict):
             raise LoadFailed(f"{path / 'config.json'} is not a JSON object")
+        if mlx_vision.is_vision(config):
+            self._load_vision(path)
+        else:
+            self._load_text(path)
+        self._n_vocab = _vocab_size(config) or len(self._hf)
+        self._max_token_bytes = longest_token(self._hf)
+        trained = trained_context(config)
+        self._n_ctx = spec.context_length or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
+        self._has_template = bool(getattr(self._hf, "chat_template", None))
+        text = config.get("text_config")
+        layers = config.get(
+            "num_hidden_layers", text.get("num_hidden_layers") if isinstance(text, dict) else 0
+        )
+        vlm = self._vlm is not None
+        return EngineInfo(
+            runtime_name=runtime_name("mlx-vlm" if vlm else "mlx-lm"),
+            runtime_version=mlx_vision.mlx_vlm_version() if vlm else str(mlx_lm.__version__),
+            supported_formats=["mlx"],
+            context_length=self._n_ctx,
+            arch=str(config.get("model_type", "unknown")),
+            quant=mlx_quant_name(config),
+            n_gpu_layers=(int(layers) if backend() != "cpu" and isinstance(layers, int) else 0),
+            embedding=False,
+            chat_template=self._has_template,
+            ignored_settings=ignored_settings(spec, MLX_SETTINGS),
+        )
+
+    def _load_text(self, path: Path) -> None:
         try:
             loaded = mlx_lm.load(str(path))
             model, tokenizer = loaded[0], loaded[1]
@@ -227,24 +262,15 @@ class MlxEngine:
         self._hf = tokenizer._tokenizer
         self._token_bytes = TokenBytes(self._hf)
         self._eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
-        self._n_vocab = _vocab_size(config) or len(self._hf)
-        self._max_token_bytes = longest_token(self._hf)
-        trained = trained_context(config)
-        self._n_ctx = spec.context_length or min(trained or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-        self._has_template = bool(getattr(self._hf, "chat_template", None))
-        layers = config.get("num_hidden_layers", 0)
-        return EngineInfo(
-            runtime_name=runtime_name(),
-            runtime_version=str(mlx_lm.__version__),
-            supported_formats=["mlx"],
-            context_length=self._n_ctx,
-            arch=str(config.get("model_type", "unknown")),
-            quant=mlx_quant_name(config),
-            n_gpu_layers=(int(layers) if backend() != "cpu" and isinstance(layers, int) else 0),
-            embedding=False,
-            chat_template=self._has_template,
-            ignored_settings=ignored_settings(spec, MLX_SETTINGS),
-        )
+
+    def _load_vision(self, path: Path) -> None:
+        vlm = mlx_vision.VisionModel(path)  # LoadFailed without mlx-vlm
+        # The Hugging Face tokenizer stands for mlx-lm's wrapper: it renders chat
+        # templates the same way (render_chat) and is what TokenBytes reads.
+        self._vlm, self._model, self._path = vlm, vlm.model, str(path)
+        self._tokenizer = self._hf = vlm.tokenizer
+        self._token_bytes = TokenBytes(self._hf)
+        self._eos = frozenset(vlm.eos_ids())
 
     # -- text -----------------------------------------------------------------------
 
@@ -285,6 +311,8 @@ class MlxEngine:
         self, request: GenerationRequest, cancelled: Callable[[], bool]
     ) -> Iterator[StreamEvent]:
         started = time.perf_counter()
+        if self._vlm is not None:
+            return self._generate_vision(self._vlm, request, cancelled, started)
         tokens = prompt_tokens(
             request,
             self.render_chat,
@@ -308,6 +336,47 @@ class MlxEngine:
             cancelled=cancelled,
             started=started,
             cached_tokens=lambda: self._reused,
+        )
+
+    def _generate_vision(
+        self,
+        vlm: mlx_vision.VisionModel,
+        request: GenerationRequest,
+        cancelled: Callable[[], bool],
+        started: float,
+    ) -> Iterator[StreamEvent]:
+        """A vision model's request: with images through its processor, else its text
+        prompt as any MLX model's; either way generated by mlx-vlm (mlx_vision.py)."""
+        if isinstance(request, ChatRequest) and request.images:
+            prompt = vlm.image_prompt(request, self._n_ctx)
+        else:
+            ids = prompt_tokens(
+                request,
+                self.render_chat,
+                self.tokenize,
+                self._n_ctx,
+                self._n_vocab,
+                self._max_token_bytes,
+            )
+            prompt = mlx_vision.Prompt(ids)
+        params = request.params
+        constraint = None
+        if params.structured is not None:
+            constraint = self._structured_factory().constraint(params.structured)
+        if params.seed is not None:
+            mx.random.seed(params.seed & 0xFFFFFFFF)
+        assert self._token_bytes is not None
+        tokens = vlm.tokens(
+            prompt, params, constraint, self._n_ctx, self._token_bytes, self._eos, self._logprobs
+        )
+        return shape_stream(
+            tokens,
+            params=params,
+            prompt_tokens=len(prompt.ids),
+            context_length=self._n_ctx,
+            cancelled=cancelled,
+            started=started,
+            cached_tokens=lambda: 0,
         )
 
     def _structured_factory(self) -> Any:
@@ -436,7 +505,7 @@ class MlxEngine:
         raise InvalidRequest("the MLX engine does not compute embeddings; use a GGUF model")
 
     def close(self) -> None:
-        self._model = self._tokenizer = self._hf = self._structured = None
+        self._model = self._tokenizer = self._hf = self._structured = self._vlm = None
         self._cache, self._cached = None, []
         mx.clear_cache()
 
