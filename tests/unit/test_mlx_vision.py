@@ -169,15 +169,18 @@ def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     engine.close()
 
 
-def answer(engine: object, images: int, seed: int = 0) -> tuple[list[int], list[float], int]:
-    """Greedy token ids, their logprobs and the prompt's token count."""
+def answer(
+    engine: object, images: int, seed: int = 0, params: GenerationParams | None = None
+) -> tuple[list[int], list[float], int]:
+    """Token ids (greedy unless `params` say otherwise), their logprobs and the prompt's
+    token count."""
     from daemon.engines.mlx_impl import MlxEngine
 
     assert isinstance(engine, MlxEngine)
     data = [base64.b64encode(png_bytes(seed + n)).decode() for n in range(images)]
     request = ChatRequest(
         messages=[{"role": "user", "content": IMAGE_MARKER * images + "What is it?"}],
-        params=GenerationParams(temperature=0, max_tokens=4, logprobs=True),
+        params=params or GenerationParams(temperature=0, max_tokens=4, logprobs=True),
         images=data,
     )
     ids: list[int] = []
@@ -203,3 +206,14 @@ def test_qwen2_vl_sees_its_images_and_forgets_them(qwen: object) -> None:
     assert first[1] != other[1]  # the same greedy token can come, with another probability
     assert first[1] != before[1]
     assert after == before  # no image position state is left over
+
+
+def test_qwen2_vl_same_seed_same_sample(qwen: object) -> None:
+    def sampled(seed: int) -> list[int]:
+        params = GenerationParams(
+            temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, max_tokens=8, seed=seed
+        )
+        return answer(qwen, 1, seed=1, params=params)[0]
+
+    assert sampled(7) == sampled(7)
+    assert len({tuple(sampled(seed)) for seed in (1, 2, 3, 4)}) > 1
