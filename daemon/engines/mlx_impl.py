@@ -31,9 +31,9 @@ import mlx.core as mx
 import mlx_lm
 import numpy as np
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.sample_utils import make_logits_processors
 
-from daemon.engines import mlx_vision
+from daemon.engines import mlx_sampling, mlx_vision
 from daemon.engines.base import (
     ChatRequest,
     EmbedResult,
@@ -57,7 +57,6 @@ DEFAULT_CONTEXT = 4096
 # the load reply and the daemon's log name those given anyway.
 MLX_SETTINGS: frozenset[str] = frozenset()
 PREFILL_CHUNK = 512  # prompt tokens per model call; a cancel is seen between chunks
-PENALTY_WINDOW = 64  # repeat/frequency/presence penalties look this far back (as llama.cpp)
 # Used when a model ships no chat template (EngineInfo.chat_template is then False).
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -313,14 +312,7 @@ class MlxEngine:
         started = time.perf_counter()
         if self._vlm is not None:
             return self._generate_vision(self._vlm, request, cancelled, started)
-        tokens = prompt_tokens(
-            request,
-            self.render_chat,
-            self.tokenize,
-            self._n_ctx,
-            self._n_vocab,
-            self._max_token_bytes,
-        )
+        tokens = self._prompt_tokens(request)
         self._reused = 0
         params = request.params
         constraint = None
@@ -338,6 +330,18 @@ class MlxEngine:
             cached_tokens=lambda: self._reused,
         )
 
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The request's prompt as token ids (a chat rendered with the model's template),
+        checked against the context and the vocabulary."""
+        return prompt_tokens(
+            request,
+            self.render_chat,
+            self.tokenize,
+            self._n_ctx,
+            self._n_vocab,
+            self._max_token_bytes,
+        )
+
     def _generate_vision(
         self,
         vlm: mlx_vision.VisionModel,
@@ -350,15 +354,7 @@ class MlxEngine:
         if isinstance(request, ChatRequest) and request.images:
             prompt = vlm.image_prompt(request, self._n_ctx)
         else:
-            ids = prompt_tokens(
-                request,
-                self.render_chat,
-                self.tokenize,
-                self._n_ctx,
-                self._n_vocab,
-                self._max_token_bytes,
-            )
-            prompt = mlx_vision.Prompt(ids)
+            prompt = mlx_vision.Prompt(self._prompt_tokens(request))
         params = request.params
         constraint = None
         if params.structured is not None:
@@ -399,20 +395,8 @@ class MlxEngine:
         cache = self._prefill(prompt, reuse=params.seed is None, cancelled=cancelled)
         if cache is None:
             return
-        sampler = make_sampler(
-            temp=max(params.temperature, 0.0),
-            top_p=params.top_p,
-            min_p=params.min_p,
-            top_k=max(params.top_k, 0),
-        )
-        penalties = make_logits_processors(
-            repetition_penalty=params.repeat_penalty if params.repeat_penalty != 1.0 else None,
-            repetition_context_size=PENALTY_WINDOW,
-            presence_penalty=params.presence_penalty or None,
-            presence_context_size=PENALTY_WINDOW,
-            frequency_penalty=params.frequency_penalty or None,
-            frequency_context_size=PENALTY_WINDOW,
-        )
+        sampler = mlx_sampling.sampler(params)
+        penalties = make_logits_processors(**mlx_sampling.penalties(params))
         bias = self._bias(params.logit_bias)
         generated: list[int] = []
         last = prompt[-1]

@@ -23,14 +23,13 @@ from typing import Any
 import jinja2
 import mlx.core as mx
 import numpy as np
-from mlx_lm.sample_utils import make_sampler
 
 from daemon.engines import images as image_codec
+from daemon.engines import mlx_sampling
 from daemon.engines.base import IMAGE_MARKER, ChatRequest, GenerationParams
 from daemon.engines.streaming import RawToken
 from daemon.errors import ContextOverflow, InvalidRequest, LoadFailed
 
-PENALTY_WINDOW = 64  # as the text path (mlx_impl.PENALTY_WINDOW)
 PREFILL_CHUNK = 512
 MISSING = (
     "{path} is an MLX vision model (its config.json has vision_config); MLX vision models "
@@ -195,27 +194,16 @@ class VisionModel:
         for name in ("_position_ids", "_rope_deltas"):  # a previous request's image state
             if language is not None and hasattr(language, name):
                 setattr(language, name, None)
-        sampler = make_sampler(
-            temp=max(params.temperature, 0.0),
-            top_p=params.top_p,
-            min_p=params.min_p,
-            top_k=max(params.top_k, 0),
-        )
         steps: Iterator[tuple[Any, mx.array]] = self._generate_step(
             mx.array([prompt.ids]),
             self.model,
             prompt.pixel_values,
             prompt.mask,
             max_tokens=max(n_ctx - len(prompt.ids), 1),
-            sampler=sampler,
+            sampler=mlx_sampling.sampler(params),
             logits_processors=[_Constrained(constraint)] if constraint is not None else None,
             logit_bias=params.logit_bias or None,
-            repetition_penalty=params.repeat_penalty if params.repeat_penalty != 1.0 else None,
-            repetition_context_size=PENALTY_WINDOW,
-            presence_penalty=params.presence_penalty or None,
-            presence_context_size=PENALTY_WINDOW,
-            frequency_penalty=params.frequency_penalty or None,
-            frequency_context_size=PENALTY_WINDOW,
+            **mlx_sampling.penalties(params),
             prefill_step_size=PREFILL_CHUNK,
             **prompt.extra,
         )
