@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-start
 # llama.cpp's own llama-server, for the test that puts one behind the daemon as an upstream
 # (tests/integration/test_remote_llama_server.py). Built once, from the llama.cpp source in
-# the installed llama-cpp-python's sdist, into bench/.cache (~15-20 min on 2 cores the first
+# the installed llama-cpp-python's sdist, into bench/.cache (7-18 min on 2 cores the first
 # time, then cached). LMS_TEST_LLAMA_SERVER=0 skips the build (that test then skips).
 if [ "${LMS_TEST_LLAMA_SERVER:-1}" != 0 ]; then
     if ! command -v cmake >/dev/null; then
