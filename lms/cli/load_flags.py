@@ -65,6 +65,14 @@ OffloadKvOption = Annotated[
 ]
 
 
+# `lms load`'s flag names whose load-API name differs (lms model-defaults takes either).
+API_NAMES = {
+    "mmap": "use_mmap",
+    "keep_in_memory": "keep_model_in_memory",
+    "offload_kv_cache": "offload_kv_cache_to_gpu",
+}
+
+
 def add_engine_settings(
     body: LoadRequest,
     *,

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from lms.api.model_defaults import ModelDefaultsEntry, ModelDefaultsRequest
-from lms.cli import output
+from lms.cli import load_flags, output
 from lms.cli.common import EXIT_BAD_USAGE, JsonOption, handle_errors, local_client
 from lms.client import ApiError
 
@@ -35,7 +35,8 @@ def _value(text: str) -> Any:
 
 def parse_settings(args: list[str]) -> dict[str, Any]:
     """`--context-length 8192 --flag --no-other --ttl=5m` -> {"context_length": 8192,
-    "flag": True, "other": False, "ttl": "5m"}."""
+    "flag": True, "other": False, "ttl": "5m"}; `lms load`'s flag names (`--mmap`,
+    `--keep-in-memory`, `--offload-kv-cache`) become the load API's."""
     settings: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -53,7 +54,8 @@ def parse_settings(args: list[str]) -> dict[str, Any]:
             name, value = name.removeprefix("no-"), False
         else:
             value = True
-        settings[name.replace("-", "_")] = value
+        name = name.replace("-", "_")
+        settings[load_flags.API_NAMES.get(name, name)] = value
         i += 1
     if not settings:
         raise typer.BadParameter("name at least one setting, e.g. --context-length 8192")

@@ -216,6 +216,18 @@ async def test_lms_sets_them_and_lms_load_starts_from_them(
     }
 
 
+async def test_lms_load_flag_names_are_taken(lms: Any, daemon: Daemon) -> None:
+    result = await lms(
+        "model-defaults", "set", "echo", "--no-mmap", "--keep-in-memory", "--threads", "1"
+    )
+    assert result.exit_code == 0, result.output
+    assert daemon.core.model_defaults.wire(ECHO_PATH) == {
+        "use_mmap": False,
+        "keep_model_in_memory": True,
+        "threads": 1,
+    }
+
+
 async def test_lms_refuses_a_bad_value_with_exit_2(lms: Any, daemon: Daemon) -> None:
     result = await lms("model-defaults", "set", "echo", "--parallel", "0")
     assert result.exit_code == 2 and "parallel" in result.stderr
