@@ -519,8 +519,16 @@ class ModelManager:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: str, *, ttl: float | None = None, request: LoadRequest = LoadRequest()
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        request: LoadRequest = LoadRequest(),
+        on_progress: OnLoadProgress | None = None,
     ) -> AsyncIterator[Lease]:
+        """An engine of a loaded instance of `name` for one request, loading it just in
+        time when allowed. `on_progress(instance, 0..1)` hears the load when the lease has
+        to wait for one (as `load` tells it)."""
         inst = self._find_usable(name)
         if inst is None:
             if not self.settings.jit_loading:
@@ -542,6 +550,9 @@ class ModelManager:
         lease: Lease | None = None
         waited = inst.state is State.LOADING
         try:
+            if on_progress is not None and waited:
+                async for value in inst.progress.follow():
+                    on_progress(inst, value)
             await asyncio.shield(inst.loaded)
             lease = Lease(self, inst, self._engine_of_loaded(inst), waited=waited)
             yield lease

@@ -320,19 +320,43 @@ class EventStream:
     _block: str | None = None  # "reasoning" or "message" while one is open
     _prompt_done: bool = False
 
-    def start(self, load_seconds: float | None = None) -> list[StreamItem]:
-        items = [_item("chat.start", model_instance_id=self.model_instance_id)]
-        if load_seconds is not None:
-            items += [
-                _item("model_load.start", model_instance_id=self.model_instance_id),
+    def start(
+        self, load_seconds: float | None = None, *, load_streamed: bool = False
+    ) -> list[StreamItem]:
+        """The stream's first events; `load_streamed`: `loading()` and `load_progress()`
+        have already told the start of the load and its progress."""
+        items = [] if load_streamed else self.opening()
+        if load_seconds is not None or load_streamed:
+            if not load_streamed:
+                items.append(_item("model_load.start", model_instance_id=self.model_instance_id))
+            items.append(
                 _item(
                     "model_load.end",
                     model_instance_id=self.model_instance_id,
-                    load_time_seconds=round(load_seconds, 3),
-                ),
-            ]
+                    load_time_seconds=round(load_seconds or 0.0, 3),
+                )
+            )
         items.append(_item("prompt_processing.start"))
         return items
+
+    def opening(self) -> list[StreamItem]:
+        return [_item("chat.start", model_instance_id=self.model_instance_id)]
+
+    def load_started(self) -> list[StreamItem]:
+        """The opening events of a stream that waits for its model to load."""
+        return [
+            *self.opening(),
+            _item("model_load.start", model_instance_id=self.model_instance_id),
+        ]
+
+    def load_progress(self, progress: float) -> list[StreamItem]:
+        return [
+            _item(
+                "model_load.progress",
+                model_instance_id=self.model_instance_id,
+                progress=round(progress, 4),
+            )
+        ]
 
     def event(self, event: PredictionEvent) -> list[StreamItem]:
         if isinstance(event, PromptProgress):

@@ -2,6 +2,7 @@
 translators (daemon/compat/lmstudio_v1.py) around the catalog, the manager and the
 prediction service. `/api/v1/models/load|unload` live in lifecycle_routes.py."""
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -14,8 +15,10 @@ from daemon.http.keys import CONVERSATIONS, MANAGER, MODELS, PREDICTIONS, UPSTRE
 from daemon.http.routes import INFERENCE, Route
 from daemon.instance import Instance, State
 from daemon.prediction.conversations import new_response_id
+from daemon.prediction.service import PredictionRun
 from daemon.prediction.types import (
     Message,
+    Prediction,
     PredictionDone,
     PredictionFailed,
     ReasoningFragment,
@@ -55,64 +58,140 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     parsed = v1.parse_chat(await read_json_object(request))
-    store = request.app[CONVERSATIONS]
     history: tuple[Message, ...] = ()
     if parsed.previous_response_id is not None:
-        history = store.get(parsed.previous_response_id).messages
+        history = request.app[CONVERSATIONS].get(parsed.previous_response_id).messages
     prediction = parsed.prediction(history)
-    async with request.app[PREDICTIONS].predict(prediction) as run:
-        instance_id = run.model.identifier
-        load_seconds = run.model.load_seconds
-        stream = v1.EventStream(instance_id)
-
-        def result(done: PredictionDone) -> dict[str, object]:
-            response_id = None
-            body = v1.chat_result(
-                instance_id,
-                done,
-                reasoning_tokens=stream.reasoning_tokens,
-                load_seconds=load_seconds,
-            )
-            if parsed.store:
-                response_id = new_response_id("resp")
-                body["response_id"] = response_id
-                messages = (*prediction.messages, v1.answer_message(done))
-                store.put(response_id, instance_id, messages, body)
-            return body
-
-        if not parsed.stream:
+    predictions = request.app[PREDICTIONS]
+    if not parsed.stream:
+        async with predictions.predict(prediction) as run:
+            reasoning_tokens = 0
             async for event in run.events:
                 if isinstance(event, PredictionFailed):
                     raise event.error
                 if isinstance(event, ReasoningFragment):
-                    stream.reasoning_tokens += 1
+                    reasoning_tokens += 1
                 if isinstance(event, PredictionDone):
-                    return web.json_response(result(event))
+                    body = _result(request, parsed, prediction, run, event, reasoning_tokens)
+                    return web.json_response(body)
             raise LmsError("the prediction ended without a result")
 
-        # Errors before any output stay plain HTTP errors: the stream opens on the first event.
-        first = await anext(run.events)
-        response = await sse.open_stream(request)
-        try:
-            for name, data in stream.start(load_seconds):
+    load = _LoadEvents(request)
+    try:
+        async with predictions.predict(prediction, on_load_progress=load.hear) as run:
+            await load.finish()
+            return await _stream(request, parsed, prediction, run, load)
+    except LmsError as exc:
+        await load.finish()
+        if load.response is None or load.stream is None:
+            raise  # nothing sent yet: a plain HTTP error
+        for name, data in load.stream.failed(v1.v1_error(error_info(exc))):
+            await sse.send_event(load.response, name, data)
+        return load.response
+    except ConnectionError:
+        log.info("client went away while its model loaded")
+        return load.response or web.Response(status=499)
+    finally:
+        load.close()
+
+
+class _LoadEvents:
+    """The events of a just-in-time load that a streamed chat waits for, sent as the load
+    goes: the stream opens at the load's first progress (a load refused before it starts
+    stays a plain HTTP error), then `chat.start`, `model_load.start` and each
+    `model_load.progress`; `_stream` goes on from `model_load.end`."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self._heard: asyncio.Queue[float | None] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self.stream: v1.EventStream | None = None
+        self.response: web.StreamResponse | None = None
+
+    def hear(self, inst: Instance, progress: float) -> None:
+        if self._sender is None:
+            self.stream = v1.EventStream(inst.identifier)
+            self._sender = asyncio.ensure_future(self._send())
+        self._heard.put_nowait(progress)
+
+    async def _send(self) -> None:
+        assert self.stream is not None
+        self.response = response = await sse.open_stream(self._request)
+        for name, data in self.stream.load_started():
+            await sse.send_event(response, name, data)
+        while (progress := await self._heard.get()) is not None:
+            for name, data in self.stream.load_progress(progress):
                 await sse.send_event(response, name, data)
-            event = first
-            while True:
-                if isinstance(event, PredictionFailed):
-                    error = v1.v1_error(error_info(event.error))
-                    for name, data in stream.failed(error):
-                        await sse.send_event(response, name, data)
-                    break
-                if isinstance(event, PredictionDone):
-                    for name, data in stream.end(result(event)):
-                        await sse.send_event(response, name, data)
-                    break
-                for name, data in stream.event(event):
+
+    async def finish(self) -> None:
+        """Sends what was heard (raises ConnectionError if the client went away)."""
+        if self._sender is not None and not self._sender.done():
+            self._heard.put_nowait(None)
+            await asyncio.shield(self._sender)
+        if self._sender is not None and self._sender.done():
+            self._sender.result()
+
+    def close(self) -> None:
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+
+
+def _result(
+    request: web.Request,
+    parsed: v1.ParsedChat,
+    prediction: Prediction,
+    run: PredictionRun,
+    done: PredictionDone,
+    reasoning_tokens: int,
+) -> dict[str, object]:
+    """The chat's result (the body, or the stream's `chat.end`); stored when asked."""
+    instance_id = run.model.identifier
+    body = v1.chat_result(
+        instance_id, done, reasoning_tokens=reasoning_tokens, load_seconds=run.model.load_seconds
+    )
+    if parsed.store:
+        response_id = new_response_id("resp")
+        body["response_id"] = response_id
+        messages = (*prediction.messages, v1.answer_message(done))
+        request.app[CONVERSATIONS].put(response_id, instance_id, messages, body)
+    return body
+
+
+async def _stream(
+    request: web.Request,
+    parsed: v1.ParsedChat,
+    prediction: Prediction,
+    run: PredictionRun,
+    load: _LoadEvents,
+) -> web.StreamResponse:
+    instance_id = run.model.identifier
+    stream = load.stream or v1.EventStream(instance_id)
+    # Errors before any output stay plain HTTP errors: the stream opens on the first event
+    # (unless the model's load has opened it already).
+    first = await anext(run.events)
+    response = load.response or await sse.open_stream(request)
+    try:
+        opening = stream.start(run.model.load_seconds, load_streamed=load.response is not None)
+        for name, data in opening:
+            await sse.send_event(response, name, data)
+        event = first
+        while True:
+            if isinstance(event, PredictionFailed):
+                error = v1.v1_error(error_info(event.error))
+                for name, data in stream.failed(error):
                     await sse.send_event(response, name, data)
-                event = await anext(run.events)
-        except ConnectionError:
-            log.info("client went away: %s stopped", instance_id)
-        return response
+                break
+            if isinstance(event, PredictionDone):
+                body = _result(request, parsed, prediction, run, event, stream.reasoning_tokens)
+                for name, data in stream.end(body):
+                    await sse.send_event(response, name, data)
+                break
+            for name, data in stream.event(event):
+                await sse.send_event(response, name, data)
+            event = await anext(run.events)
+    except ConnectionError:
+        log.info("client went away: %s stopped", instance_id)
+    return response
 
 
 def routes() -> list[Route]:

@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from daemon.catalog import ModelRecord
 from daemon.engines import images
 from daemon.engines.base import (
     IMAGE_MARKER,
@@ -34,8 +35,8 @@ from daemon.engines.base import (
 )
 from daemon.errors import InvalidRequest, LmsError, PayloadTooLarge
 from daemon.events import EventBus, done_stats, prediction_input, prediction_output
-from daemon.instance import LoadRequest
-from daemon.manager import ModelManager, Phase
+from daemon.instance import Instance, LoadRequest
+from daemon.manager import ModelManager, OnLoadProgress, Phase
 from daemon.metrics import Metrics
 from daemon.prediction import reasoning, schema_limits, tools
 from daemon.prediction.image_urls import ImageFetcher, resolve_image_urls
@@ -95,14 +96,31 @@ class PredictionService:
         self._events = events
 
     @contextlib.asynccontextmanager
-    async def predict(self, prediction: Prediction) -> AsyncIterator[PredictionRun]:
+    async def predict(
+        self, prediction: Prediction, *, on_load_progress: OnLoadProgress | None = None
+    ) -> AsyncIterator[PredictionRun]:
+        """Runs a prediction; `on_load_progress` hears a just-in-time load it waits for."""
         load = prediction.load or LoadRequest()
         settings = self._manager.settings
         prediction = await resolve_image_urls(prediction, settings, self.image_fetcher)
         await check_images(prediction, settings.max_image_bytes)
-        async with self._leases.lease(prediction.model, ttl=prediction.ttl, request=load) as lease:
-            _require_llm(lease)
-            _require_vision(lease, prediction)
+
+        def check(record: ModelRecord, identifier: str) -> None:
+            _require_llm(record, identifier)
+            _require_vision(record, identifier, prediction)
+
+        def heard(inst: Instance, progress: float) -> None:
+            check(inst.record, inst.identifier)  # refused before anything is sent
+            if on_load_progress is not None:
+                on_load_progress(inst, progress)
+
+        async with self._leases.lease(
+            prediction.model,
+            ttl=prediction.ttl,
+            request=load,
+            on_progress=heard if on_load_progress is not None else None,
+        ) as lease:
+            check(lease.record, lease.identifier)
             request, parser = _engine_request(lease, prediction)
             separate = prediction.separate_reasoning
             if separate is None:
@@ -267,10 +285,10 @@ def model_used(lease: Lease) -> ModelUsed:
     )
 
 
-def _require_llm(lease: Lease) -> None:
-    if lease.record.type == "embeddings":
+def _require_llm(record: ModelRecord, identifier: str) -> None:
+    if record.type == "embeddings":
         raise InvalidRequest(
-            f"{lease.identifier} is an embedding model: it cannot generate text; "
+            f"{identifier} is an embedding model: it cannot generate text; "
             "use /v1/embeddings with it, or choose a chat model",
             param="model",
             code="model_not_supported",
@@ -293,10 +311,10 @@ async def check_images(prediction: Prediction, max_bytes: int) -> None:
         await asyncio.to_thread(images.decode, part.data, param=f"image {n}")
 
 
-def _require_vision(lease: Lease, prediction: Prediction) -> None:
-    if lease.record.type != "vlm" and any(m.images for m in prediction.messages):
+def _require_vision(record: ModelRecord, identifier: str, prediction: Prediction) -> None:
+    if record.type != "vlm" and any(m.images for m in prediction.messages):
         raise InvalidRequest(
-            f"{lease.identifier} cannot see images: it is not a vision model (type 'vlm' in "
+            f"{identifier} cannot see images: it is not a vision model (type 'vlm' in "
             "/api/v0/models); send text, or choose a vision model",
             param="messages",
             code="model_not_vision",

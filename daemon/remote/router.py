@@ -4,6 +4,7 @@ policy (policy.py). The prediction service asks this, never the manager directly
 every API surface reaches remote models the same way it reaches local ones."""
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from daemon.engines.base import EngineInfo
 from daemon.engines.handle import EngineHandle
 from daemon.errors import AmbiguousModel, LmsError, ModelNotFound, UpstreamUnavailable
 from daemon.instance import LoadRequest
-from daemon.manager import ModelManager, Phase
+from daemon.manager import ModelManager, OnLoadProgress, Phase
 from daemon.remote.engine import RemoteHandle
 from daemon.remote.policy import DEFAULT_POLICY, Policy, falls_through, route_order
 from daemon.remote.pool import UpstreamPool
@@ -120,25 +121,31 @@ class Router:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, name: str, *, ttl: float | None = None, request: LoadRequest = LoadRequest()
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        request: LoadRequest = LoadRequest(),
+        on_progress: OnLoadProgress | None = None,
     ) -> AsyncIterator[ModelLease]:
+        local_lease = functools.partial(
+            self._manager.lease, name, ttl=ttl, request=request, on_progress=on_progress
+        )
         if not self._pool.serves(name):
-            async with self._manager.lease(name, ttl=ttl, request=request) as local:
+            async with local_lease() as local:
                 yield local
             return
         policy = self.policy_of(name)
         order = route_order(policy, local=await self._on_disk(name), remote=True)
         if not order:  # local_only, and not on disk
-            async with self._manager.lease(name, ttl=ttl, request=request) as local:
+            async with local_lease() as local:
                 yield local
             return
         for position, backend in enumerate(order):
             stack = contextlib.AsyncExitStack()
             try:
                 if backend == "local":
-                    chosen: ModelLease = await stack.enter_async_context(
-                        self._manager.lease(name, ttl=ttl, request=request)
-                    )
+                    chosen: ModelLease = await stack.enter_async_context(local_lease())
                 else:
                     if not self._pool.available(name):
                         names = ", ".join(u.name for u in self._pool.serving(name))

@@ -106,6 +106,19 @@ def test_streamed_chat(daemon: RunningDaemon) -> None:
     assert 0 < result["stats"]["total_output_tokens"] <= 8
 
 
+def test_streamed_chat_tells_its_jit_load_as_it_goes(daemon: RunningDaemon) -> None:
+    daemon.lms("unload", "--all", check=True)
+    got = events(daemon, {"model": MODEL, "input": "Hi", "max_output_tokens": 4, "stream": True})
+    names = [name for name, _ in got]
+    assert names[:2] == ["chat.start", "model_load.start"]
+    end_of_load = names.index("model_load.end")
+    assert set(names[2:end_of_load]) == {"model_load.progress"}
+    progress = [d["progress"] for n, d in got if n == "model_load.progress"]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert names[end_of_load + 1] == "prompt_processing.start" and names[-1] == "chat.end"
+    assert got[-1][1]["result"]["stats"]["model_load_time_seconds"] > 0
+
+
 def test_errors_in_v1_shape(daemon: RunningDaemon) -> None:
     status, body = call(daemon, "POST", "/api/v1/chat", {"model": "no-such-model", "input": "x"})
     assert status == 404 and body["error"]["type"] == "model_not_found"

@@ -157,6 +157,62 @@ async def test_a_client_that_goes_away_abandons_the_load(
     await wait_until(lambda: not manager.instances())
 
 
+# -- a just-in-time load in a streamed REST v1 chat -----------------------------------------
+
+
+def chat_body(model: str) -> dict[str, Any]:
+    return {"model": model, "input": "Say hello", "stream": True, "max_output_tokens": 3}
+
+
+async def test_a_streamed_v1_chat_tells_its_jit_load_as_it_goes(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with session.post("/api/v1/chat", json=chat_body("slowpoke")) as response:
+        assert response.status == 200
+        events = await read_events(response)
+    names = [name for name, _ in events]
+    end_of_load = names.index("model_load.end")
+    assert names[:2] == ["chat.start", "model_load.start"]
+    assert set(names[2:end_of_load]) == {"model_load.progress"}
+    progress = [data["progress"] for name, data in events if name == "model_load.progress"]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert len(progress) > 2, "the steps between 0 and 1 are streamed as they happen"
+    assert names[end_of_load + 1] == "prompt_processing.start"
+    assert names[-1] == "chat.end" and "message.delta" in names
+    assert all(data["type"] == name for name, data in events)
+    load_time = events[end_of_load][1]["load_time_seconds"]
+    assert load_time == events[-1][1]["result"]["stats"]["model_load_time_seconds"]
+    # Loaded now: a second chat has no load events.
+    async with session.post("/api/v1/chat", json=chat_body("slowpoke")) as response:
+        again = [name for name, _ in await read_events(response)]
+    assert again[0] == "chat.start" and not [n for n in again if n.startswith("model_load")]
+
+
+async def test_a_v1_chat_whose_jit_load_fails_after_it_started_ends_with_an_error_event(
+    daemon: Daemon, session: aiohttp.ClientSession
+) -> None:
+    async with session.post("/api/v1/chat", json=chat_body("glacial")) as response:
+        assert response.status == 200
+        events: list[str] = []
+        async for raw in response.content:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+            progressing = events[-1:] == ["model_load.progress"] and line.startswith("data: ")
+            if progressing and events.count("model_load.progress") == 1:  # loading: unload it
+                await daemon.core.manager.unload("glacial")
+    assert events[:2] == ["chat.start", "model_load.start"] and events[-1] == "error"
+    assert "chat.end" not in events
+
+
+async def test_a_v1_chat_refused_before_any_load_is_a_plain_error(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with session.post("/api/v1/chat", json=chat_body("no-such-model")) as response:
+        assert response.status == 404
+        assert response.headers["Content-Type"].startswith("application/json")
+
+
 # -- lms load -----------------------------------------------------------------------------
 
 

@@ -301,7 +301,8 @@ async def test_chat_streamed_event_order(client: Client) -> None:
     assert response.status == 200
     assert response.headers["Content-Type"] == "text/event-stream"
     events = await named_events(response)
-    names = [n for n, _ in events if n != "prompt_processing.progress"]
+    progress = ("prompt_processing.progress", "model_load.progress")
+    names = [n for n, _ in events if n not in progress]
     assert names == [
         "chat.start",
         "model_load.start",
@@ -317,6 +318,10 @@ async def test_chat_streamed_event_order(client: Client) -> None:
     ]
     assert all(data["type"] == name for name, data in events)
     assert events[0][1]["model_instance_id"] == "echo"
+    # The just-in-time load's progress comes between its start and its end, as it goes.
+    loading = [n for n, _ in events][1 : [n for n, _ in events].index("model_load.end")]
+    assert loading[0] == "model_load.start" and set(loading[1:]) == {"model_load.progress"}
+    assert [d["progress"] for n, d in events if n == "model_load.progress"][-1] == 1.0
     text = "".join(d["content"] for n, d in events if n == "message.delta")
     assert text == "hello there friend"
     result = events[-1][1]["result"]
