@@ -82,12 +82,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await load.finish()
             return await _stream(request, parsed, prediction, run, load)
     except LmsError as exc:
-        await load.finish()
-        if load.response is None or load.stream is None:
-            raise  # nothing sent yet: a plain HTTP error
-        for name, data in load.stream.failed(v1.v1_error(error_info(exc))):
-            await sse.send_event(load.response, name, data)
-        return load.response
+        try:
+            await load.finish()
+            if load.response is None or load.stream is None:
+                raise  # nothing sent yet: a plain HTTP error
+            for name, data in load.stream.failed(v1.v1_error(error_info(exc))):
+                await sse.send_event(load.response, name, data)
+        except ConnectionError:
+            log.info("client went away while its model loaded")
+        return load.response or web.Response(status=499)
     except ConnectionError:
         log.info("client went away while its model loaded")
         return load.response or web.Response(status=499)
