@@ -315,11 +315,7 @@ class MlxEngine:
         tokens = self._prompt_tokens(request)
         self._reused = 0
         params = request.params
-        constraint = None
-        if params.structured is not None:
-            constraint = self._structured_factory().constraint(params.structured)
-        if params.seed is not None:
-            mx.random.seed(params.seed & 0xFFFFFFFF)
+        constraint = self._start_sampling(params)
         return shape_stream(
             self._tokens(tokens, params, constraint, cancelled),
             params=params,
@@ -329,6 +325,15 @@ class MlxEngine:
             started=started,
             cached_tokens=lambda: self._reused,
         )
+
+    def _start_sampling(self, params: GenerationParams) -> Any:
+        """Seeds MLX's random numbers when the request brings a seed; returns its
+        structured-output constraint (None without one)."""
+        if params.seed is not None:
+            mx.random.seed(params.seed & 0xFFFFFFFF)
+        if params.structured is None:
+            return None
+        return self._structured_factory().constraint(params.structured)
 
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
         """The request's prompt as token ids (a chat rendered with the model's template),
@@ -356,11 +361,7 @@ class MlxEngine:
         else:
             prompt = mlx_vision.Prompt(self._prompt_tokens(request))
         params = request.params
-        constraint = None
-        if params.structured is not None:
-            constraint = self._structured_factory().constraint(params.structured)
-        if params.seed is not None:
-            mx.random.seed(params.seed & 0xFFFFFFFF)
+        constraint = self._start_sampling(params)
         assert self._token_bytes is not None
         tokens = vlm.tokens(
             prompt, params, constraint, self._n_ctx, self._token_bytes, self._eos, self._logprobs
