@@ -23,11 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jinja2
-import llama_cpp
-import numpy as np
 import psutil
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from daemon.engines.base import (
     IMAGE_MARKER,
@@ -44,9 +40,10 @@ from daemon.engines.base import (
     check_token_ids,
     keep_loading,
 )
+from daemon.engines.chat_template import ChatTemplate
+from daemon.engines.llama_lib import VERSION, llama_cpp, set_verbose
 from daemon.engines.llama_sampling import Sampler, structured_grammar
 from daemon.engines.llama_slots import LlamaSlots
-from daemon.engines.llama_vision import Vision
 from daemon.engines.slots import DelegatedSlots, SlotRunner
 from daemon.engines.streaming import check_prompt_size, prompt_tokens
 from daemon.errors import ContextOverflow, EngineError, InvalidRequest, LoadFailed
@@ -107,12 +104,33 @@ def default_threads() -> int:
 
 
 def read_metadata(path: str) -> dict[str, str]:
-    """GGUF key/values without loading the weights (a vocabulary-only load)."""
-    probe = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    """GGUF key/values as llama.cpp reads them, without the weights (a vocabulary-only
+    load)."""
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        raise ValueError("llama.cpp could not read its header")
     try:
-        return dict(probe.metadata)
+        return {
+            _meta_string(llama_cpp.llama_model_meta_key_by_index, model, i): _meta_string(
+                llama_cpp.llama_model_meta_val_str_by_index, model, i
+            )
+            for i in range(int(llama_cpp.llama_model_meta_count(model)))
+        }
     finally:
-        probe.close()
+        llama_cpp.llama_model_free(model)
+
+
+def _meta_string(read: Callable[..., int], model: Any, index: int) -> str:
+    """One metadata key or value (llama.cpp returns the full length when it is cut)."""
+    size = 256
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        needed = int(read(model, index, buffer, size))
+        if needed < size:
+            return buffer.value.decode("utf-8", errors="replace")
+        size = needed + 1
 
 
 def load_mode(spec: LoadSpec) -> int:
@@ -197,18 +215,17 @@ class _Context:
 
 class LlamaCppEngine(DelegatedSlots):
     def __init__(self) -> None:
-        self._llm: llama_cpp.Llama | None = None  # embedding instances: llama-cpp-python's
+        self._llm: Any = None  # embedding instances: llama-cpp-python's Llama
         self._own: _Context | None = None  # generation instances: ours, with N sequences
         self._slots: LlamaSlots | None = None
-        self._vision: Vision | None = None  # a vision model's projector (mtmd)
+        self._vision: Any = None  # a vision model's projector (llama_vision.Vision)
         self._vocab: Any = None
         self._bos = -1
         self._n_ctx = 0
         self._n_vocab = 0
         self._seeds: random.Random | None = None  # LoadSpec.seed: seeds unseeded requests
         self._max_token_bytes: int | None = None
-        self._formatters: dict[bool, Jinja2ChatFormatter] = {}
-        self._template = CHATML
+        self._template: ChatTemplate | None = None
         self._bos_text = ""
         self._eos_text = ""
 
@@ -224,6 +241,7 @@ class LlamaCppEngine(DelegatedSlots):
         path = spec.model_path
         if not os.path.isfile(path):
             raise LoadFailed(f"model file not found: {path}")
+        set_verbose(spec.verbose)
         try:
             meta = read_metadata(path)
         except (ValueError, RuntimeError) as exc:
@@ -238,7 +256,9 @@ class LlamaCppEngine(DelegatedSlots):
         n_seq = 1 if spec.embedding else max(1, spec.parallel)
         try:
             if spec.embedding:  # a whole text must fit one batch to be pooled
-                llm = llama_cpp.Llama(
+                from llama_cpp.llama import Llama  # the high-level class: numpy and all
+
+                llm = Llama(
                     model_path=path,
                     n_ctx=n_ctx,
                     n_batch=n_ctx,
@@ -263,6 +283,8 @@ class LlamaCppEngine(DelegatedSlots):
             if not os.path.isfile(spec.mmproj_path):
                 self.close()
                 raise LoadFailed(f"vision projector not found: {spec.mmproj_path}")
+            from daemon.engines.llama_vision import Vision  # numpy, Pillow: vision only
+
             try:
                 self._vision = Vision(
                     spec.mmproj_path,
@@ -293,12 +315,12 @@ class LlamaCppEngine(DelegatedSlots):
         self._bos_text = self._special_text(self._bos)
         self._eos_text = self._special_text(int(llama_cpp.llama_vocab_eos(self._vocab)))
         template = meta.get("tokenizer.chat_template")
-        self._template = template or CHATML
+        self._template = ChatTemplate(template or CHATML, self._bos_text, self._eos_text)
         file_type = meta.get("general.file_type")
         quant = None if file_type is None else QUANT_NAMES.get(int(file_type) & ~1024)
         return EngineInfo(
             runtime_name=runtime_name(),
-            runtime_version=llama_cpp.__version__,
+            runtime_version=VERSION,
             supported_formats=["gguf"],
             context_length=self._n_ctx,
             arch=arch,
@@ -321,15 +343,11 @@ class LlamaCppEngine(DelegatedSlots):
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        formatter = self._formatters.get(add_generation_prompt)
-        if formatter is None:
-            formatter = Jinja2ChatFormatter(
-                self._template, self._eos_text, self._bos_text, add_generation_prompt
-            )
-            self._formatters[add_generation_prompt] = formatter
+        if self._template is None:
+            raise EngineError("no model is loaded")
         try:
-            return str(formatter(messages=messages, tools=tools).prompt)  # type: ignore[arg-type]
-        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            return self._template.render(messages, tools, add_generation_prompt)
+        except ValueError as exc:
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}") from exc
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
@@ -496,7 +514,7 @@ class LlamaCppEngine(DelegatedSlots):
                 raise ContextOverflow(count, llm.n_batch)
         tokenize = llm.tokenize
         if given:
-            llm.tokenize = lambda text, *args, **kwargs: (  # type: ignore[method-assign]
+            llm.tokenize = lambda text, *args, **kwargs: (
                 given[text] if text in given else tokenize(text, *args, **kwargs)
             )
         try:
@@ -526,6 +544,8 @@ class LlamaCppEngine(DelegatedSlots):
 
 def _pool(vector: Any) -> list[float]:
     """A per-token embedding (pooling "none") becomes its mean; a pooled one stays."""
+    import numpy as np  # embedding instances have it loaded already (llama_cpp.llama)
+
     array = np.asarray(vector, dtype=np.float64)
     return [float(x) for x in (array.mean(axis=0) if array.ndim == 2 else array)]
 

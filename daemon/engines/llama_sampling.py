@@ -10,10 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import llama_cpp
-import numpy as np
-
 from daemon.engines.base import GenerationParams
+from daemon.engines.llama_lib import llama_cpp
 from daemon.errors import InvalidRequest
 
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back over
@@ -135,6 +133,8 @@ def token_logprobs(
 ) -> tuple[float, list[tuple[str, float]] | None]:
     """Log-probabilities from the model's raw logits at batch position `index` (before
     any sampler): the chosen token's, and the `top_n` best with their text."""
+    import numpy as np  # loaded by the first request that asks for log-probabilities
+
     raw = llama_cpp.llama_get_logits_ith(ctx, index)
     logits = np.ctypeslib.as_array(raw, shape=(n_vocab,)).astype(np.float64)
     peak = float(logits.max())

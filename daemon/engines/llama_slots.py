@@ -46,16 +46,16 @@ import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import llama_cpp
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from daemon.engines.base import GenerationParams, SlotOutput, StopReason
+from daemon.engines.llama_lib import llama_cpp
 from daemon.engines.llama_sampling import Sampler, token_logprobs
-from daemon.engines.llama_vision import ImageSpan, Vision
 from daemon.engines.streaming import RawToken, StreamShaper
 from daemon.errors import EngineError, InvalidRequest
+
+if TYPE_CHECKING:  # vision instances only: llama_vision loads numpy and Pillow
+    from daemon.engines.llama_vision import ImageSpan, Vision
 
 # Prompt tokens per step while other slots are generating. Prompt processing runs at about
 # 300 tokens/s on 2 CPU cores with SmolLM2, so 64 holds the other streams up for about
@@ -343,11 +343,9 @@ class LlamaSlots:
         batch.n_tokens = count
         own_pos = batch.pos
         if span.mrope is not None:  # section-major: all t, then all rows, columns, extra
-            relative, moved = span.mrope
             if self._mrope_pos is None:
                 self._mrope_pos = (llama_cpp.llama_pos * (4 * self._n_batch))()
-            view = np.ctypeslib.as_array(self._mrope_pos)[: 4 * count].reshape(4, count)
-            view[:] = relative[:, offset : offset + count] + (moved * first)[:, None]
+            span.write_mrope(self._mrope_pos, first, offset, count)
             batch.pos = ctypes.cast(self._mrope_pos, ctypes.POINTER(llama_cpp.llama_pos))
         if span.non_causal:
             llama_cpp.llama_set_causal_attn(self._ctx, False)

@@ -22,12 +22,11 @@ import ctypes
 from dataclasses import dataclass
 from typing import Any
 
-import llama_cpp
 import numpy as np
 import numpy.typing as npt
-from llama_cpp import mtmd_cpp
 
 from daemon.engines import images
+from daemon.engines.llama_lib import llama_cpp, mtmd_cpp
 from daemon.errors import EngineError, InvalidRequest, LoadFailed
 
 # mtmd and its CLIP encoder log every image to stderr; quiet unless the load is verbose.
@@ -66,6 +65,15 @@ class ImageSpan:
     @property
     def end(self) -> int:
         return self.start + self.n_tokens
+
+    def write_mrope(self, out: Any, first: int, offset: int, count: int) -> None:
+        """The positions of embeddings [offset, offset + count) of an image whose first
+        position is `first`, section-major, into `out` (a ctypes array of >= 4 * count
+        llama_pos)."""
+        assert self.mrope is not None
+        relative, moved = self.mrope
+        view = np.ctypeslib.as_array(out)[: 4 * count].reshape(4, count)
+        view[:] = relative[:, offset : offset + count] + (moved * first)[:, None]
 
     def free(self) -> None:
         if self.chunk:

@@ -10,12 +10,11 @@ exception classes by one table here: nothing is classified by its message text.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.errors import (
     ContextOverflow,
@@ -25,6 +24,9 @@ from daemon.errors import (
     LoadFailed,
     ProtocolError,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 Message = dict[str, Any]
 
@@ -108,6 +110,8 @@ def read_frame(sock: socket.socket) -> Message | None:
 
 async def read_frame_async(reader: asyncio.StreamReader) -> Message | None:
     """One frame from an asyncio stream; None when the peer closed between frames."""
+    import asyncio  # the daemon's side only: a worker never loads asyncio (nor ssl)
+
     try:
         header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:

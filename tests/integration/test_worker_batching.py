@@ -187,9 +187,8 @@ def test_prompt_cache_reads_only_the_new_part_of_the_second_turn(
     # In this process, to count the tokens each turn feeds to llama_decode (prompt tokens
     # read plus one per sampled token): a count, where a time to first token would depend
     # on the machine.
-    import llama_cpp
-
     from daemon.engines.llama_cpp_impl import LlamaCppEngine
+    from daemon.engines.llama_lib import llama_cpp  # the bindings the engine calls
 
     decoded = 0
     real_decode = llama_cpp.llama_decode

@@ -54,9 +54,8 @@ class FakeMemory:
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeMemory]:
-    import llama_cpp
-
     from daemon.engines import llama_slots
+    from daemon.engines.llama_lib import llama_cpp  # the bindings the engine calls
 
     memory = FakeMemory(pool=16)
     monkeypatch.setattr(llama_cpp, "llama_vocab_n_tokens", lambda vocab: 100)
@@ -141,7 +140,7 @@ def test_idle_cells_go_first_least_recently_used_and_from_the_end(fakes: FakeMem
 def test_a_batch_llama_cpp_finds_no_room_for_ends_its_newest_request(
     fakes: FakeMemory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llama_cpp
+    from daemon.engines.llama_lib import llama_cpp  # the bindings the engine calls
 
     real, calls = fakes.decode, 0
 
