@@ -8,6 +8,7 @@ process, or to a thread of its own for the fake.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
@@ -22,13 +23,18 @@ def _build(cls: type[_T], data: Mapping[str, Any], **converted: Any) -> _T:
     """`cls(**data)` for the dataclass's own fields, with some values already converted."""
     if not isinstance(data, Mapping):
         raise ProtocolError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = _field_names(cls)  # type: ignore[arg-type]
     kwargs = {k: v for k, v in data.items() if k in names}
     kwargs.update(converted)
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ProtocolError(f"{cls.__name__}: {exc}") from exc
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,16 @@ class TokenEvent:
     piece_bytes: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Written out (not asdict, which deep-copies): one per token, ~30x cheaper.
+        top = self.top_logprobs
+        return {
+            "text": self.text,
+            "token_id": self.token_id,
+            "logprob": self.logprob,
+            "top_logprobs": None if top is None else list(top),
+            "piece": self.piece,
+            "piece_bytes": None if self.piece_bytes is None else list(self.piece_bytes),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TokenEvent:

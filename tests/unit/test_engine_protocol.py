@@ -1,6 +1,7 @@
 """Frames on the worker's private socket, and the data that crosses it."""
 
 import asyncio
+import dataclasses
 import socket
 import struct
 from collections.abc import Iterator
@@ -140,7 +141,8 @@ def test_the_shared_data_round_trips_through_json_frames() -> None:
     for request in (chat, completion):
         body = decode_body(encode_frame({"type": "generate", "id": 1, "r": request.to_dict()})[4:])
         assert request_from_dict(body["r"]) == request
-    token = TokenEvent("a", 5, -0.5, [("a", -0.5), ("b", -2.0)], piece="a")
+    token = TokenEvent("a", 5, -0.5, [("a", -0.5), ("b", -2.0)], piece="a", piece_bytes=[97])
+    assert token.to_dict() == dataclasses.asdict(token)  # written out: every field, as is
     done = DoneEvent(StopReason.STOP_STRING, 3, 4, 0.1, 0.2, 15.0, stop_string="\n")
     spec = LoadSpec("/m.gguf", "llama_cpp", context_length=2048, gpu_ratio=0.5)
     info = EngineInfo("fake", "1", ["json"], 64, "fake", None, 0, False, True)
