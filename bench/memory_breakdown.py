@@ -5,7 +5,7 @@ for llama-server, and for a bare llama-cpp-python process, at the same settings.
 
 Settings as bench/parallel_bench.py's memory points (SmolLM2-135M, 2 threads, flash
 attention on, 512-token batches, one KV pool of --ctx cells shared by 4 slots): each system
-is started alone, given the same 4 requests of 16 tokens, then measured from
+is started alone, given the same 4 requests of 16 tokens and one chat, then measured from
 /proc/PID/smaps. The bare process is llama-cpp-python's low-level API in a Python process
 of its own (no daemon, none of our code): the floor for any Python worker around
 llama.cpp. Prints a line a process with its largest mappings; writes
@@ -81,6 +81,7 @@ def measure(ctx: int, work: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with pb.our_daemon(model, work, ctx, (pb.OURS,)) as ours:
         pb.http_runner(ours.port, pb.INSTANCES[pb.OURS][0], counter, 120)(pb.PARALLEL, 16)
+        pb.chat_ttft(ours.port, pb.MEMORY_CHAT, pb.INSTANCES[pb.OURS][0])
         time.sleep(1)
         if ours.pid is not None:
             out["ours: daemon"] = breakdown(ours.pid)
@@ -91,6 +92,7 @@ def measure(ctx: int, work: Path) -> dict[str, dict[str, Any]]:
         argv = pb.llama_server_argv(binary, model, port, ctx)
         with pb.server_process(argv, work / "llama-server.log", port, "/health") as pid:
             pb.http_runner(port, None, counter, 120)(pb.PARALLEL, 16)
+            pb.chat_ttft(port, pb.MEMORY_CHAT, None)
             time.sleep(1)
             out["llama-server"] = breakdown(pid)
     bare = subprocess.Popen(

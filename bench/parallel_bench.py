@@ -922,6 +922,11 @@ def memory_of(roots: MemoryRoots) -> dict[str, dict[str, int]]:
     return out
 
 
+# After the memory points' completions, one chat on every system: rendering a chat
+# template loads what chats need (Jinja in our worker), as any real use does.
+MEMORY_CHAT = [{"role": "user", "content": "Name three lighthouses."}]
+
+
 def memory_points(
     args: argparse.Namespace, model: Path, work: Path, counter: Iterator[int], notes: list[str]
 ) -> dict[int, dict[str, dict[str, int]]]:
@@ -930,7 +935,7 @@ def memory_points(
     the resident memory of its processes. Ours is the daemon and its worker; where the
     daemon refuses the context (above the model's trained 8192, as LM Studio does), our
     worker is started directly (daemon.engines.host) and the daemon's own memory, measured
-    at the previous context, is added (noted)."""
+    at the previous context, is added (noted). Each is also given one chat (MEMORY_CHAT)."""
     binary = None if args.skip_llama_server else build_llama_server()[0]
     results: dict[int, dict[str, dict[str, int]]] = {}
     daemon_alone: dict[str, int] | None = None
@@ -947,6 +952,7 @@ def memory_points(
                         log = work / f"llama-server-{ctx}.log"
                         pid = stack.enter_context(server_process(argv, log, port, "/health"))
                         http_runner(port, None, counter, args.timeout)(PARALLEL, 16)
+                        chat_ttft(port, MEMORY_CHAT, None)
                         found[name] = memory_of({name: ([pid], [])})[name]
                         continue
                     try:
@@ -964,6 +970,7 @@ def memory_points(
                         continue
                     identifier = INSTANCES[name][0]
                     http_runner(ours.port, identifier, counter, args.timeout)(PARALLEL, 16)
+                    chat_ttft(ours.port, MEMORY_CHAT, identifier)
                     daemon = [ours.pid] if ours.pid is not None else []
                     found[name] = memory_of({name: ([ours.workers[name]], daemon)})[name]
                     daemon_alone = process_memory(daemon, descendants=False)
@@ -984,7 +991,7 @@ def direct_worker_memory(model: Path, ctx: int, kv_pool: str) -> dict[str, int]:
     import asyncio
 
     sys.path.insert(0, str(REPO))
-    from daemon.engines.base import CompletionRequest, GenerationParams, LoadSpec
+    from daemon.engines.base import ChatRequest, CompletionRequest, GenerationParams, LoadSpec
     from daemon.engines.host import WorkerHandle
 
     async def run() -> dict[str, int]:
@@ -1000,6 +1007,9 @@ def direct_worker_memory(model: Path, ctx: int, kv_pool: str) -> dict[str, int]:
                 )
                 async for _ in handle.generate(request):
                     pass
+            chat = ChatRequest(MEMORY_CHAT, params=GenerationParams(max_tokens=16))
+            async for _ in handle.generate(chat):  # the chat template's machinery too
+                pass
             return process_memory([handle.pid])
         finally:
             await handle.close()
