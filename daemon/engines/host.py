@@ -21,7 +21,7 @@ import psutil
 
 from daemon.engines.base import LoadSpec
 from daemon.engines.client import EngineClient, OnExit, OnProgress, State
-from daemon.engines.protocol import Message, Op, encode_frame, read_frame_async
+from daemon.engines.protocol import FrameBuffer, Message, Op, encode_frame
 from daemon.errors import (
     CrashedWhileLoading,
     LmsError,
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 OUTPUT_TAIL_LINES = 20
 EXIT_AFTER_EOF_S = 5.0  # a worker that closed its socket but lingers is killed after this
 TERM_GRACE_S = 3.0  # after SIGTERM, before SIGKILL
+READ_BYTES = 1 << 20  # the most one read of the worker's socket takes (what is buffered)
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -213,9 +214,13 @@ class WorkerHandle(EngineClient):
 
     async def _read_frames(self) -> None:
         problem: str | None = None
+        frames = FrameBuffer()
         try:
-            while (message := await read_frame_async(self._reader)) is not None:
-                self._dispatch(message)
+            while data := await self._reader.read(READ_BYTES):
+                for message in frames.feed(data):
+                    self._dispatch(message)
+            if frames.pending:
+                raise ProtocolError(f"connection closed inside a frame ({frames.pending} bytes)")
         except ProtocolError as exc:
             problem = f"sent a malformed frame ({exc})"
             log.error("worker %d %s; killing it", self.pid, problem)

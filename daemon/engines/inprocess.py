@@ -45,6 +45,9 @@ class LoopChannel:
     def error(self, rid: int, exc: BaseException) -> None:
         self.reply(rid, Reply.ERROR, error=error_to_wire(exc))
 
+    def batched(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # each reply is its own callback on the loop
+
 
 class ThreadHandle(EngineClient):
     """One model instance whose scheduler runs on a thread of the daemon."""

@@ -14,7 +14,7 @@ import json
 import socket
 import struct
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon.errors import (
     ContextOverflow,
@@ -24,9 +24,6 @@ from daemon.errors import (
     LoadFailed,
     ProtocolError,
 )
-
-if TYPE_CHECKING:
-    import asyncio
 
 Message = dict[str, Any]
 
@@ -65,7 +62,7 @@ def encode_frame(message: Message) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def frame_length(header: bytes) -> int:
+def frame_length(header: bytes | bytearray) -> int:
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {length} bytes is over the {MAX_FRAME_BYTES} limit")
@@ -82,6 +79,34 @@ def decode_body(body: bytes) -> Message:
     if not isinstance(message.get("type"), str) or type(message.get("id")) is not int:
         raise ProtocolError("frame lacks a string `type` or an integer `id`")
     return message
+
+
+class FrameBuffer:
+    """Splits a byte stream into frames, however it arrives: `feed` what was read, get
+    every frame it completed (a worker's step sends all its tokens in one write, read
+    here in one go: one wake-up of the daemon for the step, not one a token)."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._data += data
+        frames: list[Message] = []
+        start = 0
+        while len(self._data) - start >= HEADER.size:
+            length = frame_length(self._data[start : start + HEADER.size])
+            end = start + HEADER.size + length
+            if len(self._data) < end:
+                break
+            frames.append(decode_body(bytes(self._data[start + HEADER.size : end])))
+            start = end
+        del self._data[:start]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a frame not complete yet."""
+        return len(self._data)
 
 
 def _recv_exactly(sock: socket.socket, size: int, *, at_boundary: bool) -> bytes | None:
@@ -105,25 +130,6 @@ def read_frame(sock: socket.socket) -> Message | None:
         return None
     body = _recv_exactly(sock, frame_length(header), at_boundary=False)
     assert body is not None
-    return decode_body(body)
-
-
-async def read_frame_async(reader: asyncio.StreamReader) -> Message | None:
-    """One frame from an asyncio stream; None when the peer closed between frames."""
-    import asyncio  # the daemon's side only: a worker never loads asyncio (nor ssl)
-
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise ProtocolError("connection closed inside a frame header") from exc
-    length = frame_length(header)
-    try:
-        body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        got = len(exc.partial)
-        raise ProtocolError(f"connection closed inside a frame ({got} of {length} bytes)") from exc
     return decode_body(body)
 
 

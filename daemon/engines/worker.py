@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from daemon.engines.base import (
@@ -71,6 +71,10 @@ class Channel(Protocol):
 
     def error(self, rid: int, exc: BaseException) -> None: ...
 
+    def batched(self) -> contextlib.AbstractContextManager[None]:
+        """Replies sent inside (by this thread) may go out together at its end."""
+        ...
+
 
 class SocketChannel:
     """The worker's end of the socket; sends from either thread."""
@@ -78,12 +82,32 @@ class SocketChannel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._lock = threading.Lock()
+        self._held = threading.local()  # a thread's frames inside batched()
 
     def send(self, message: Message) -> None:
         frame = encode_frame(message)
+        held: list[bytes] | None = getattr(self._held, "frames", None)
+        if held is not None:
+            held.append(frame)
+            return
+        self._write(frame)
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """One write for a step's frames: the daemon wakes once for them, not once each
+        (it reads them together, protocol.FrameBuffer)."""
+        self._held.frames = []
+        try:
+            yield
+        finally:
+            frames, self._held.frames = self._held.frames, None
+            if frames:
+                self._write(b"".join(frames))
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             try:
-                self.sock.sendall(frame)
+                self.sock.sendall(data)
             except OSError:
                 os._exit(0)  # the daemon is gone: nobody is left to answer
 
@@ -321,8 +345,9 @@ class WorkerServer:
             return
         if self.stopping.is_set():  # the daemon is closing us: it fails what is in flight
             return
-        for rid, item in outputs:
-            self._send(rid, item)
+        with self.channel.batched():
+            for rid, item in outputs:
+                self._send(rid, item)
 
     def _send(self, rid: int, item: StreamEvent | Exception) -> None:
         if isinstance(item, Exception):

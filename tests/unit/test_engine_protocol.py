@@ -1,6 +1,5 @@
 """Frames on the worker's private socket, and the data that crosses it."""
 
-import asyncio
 import dataclasses
 import socket
 import struct
@@ -22,13 +21,15 @@ from daemon.engines.base import (
 )
 from daemon.engines.protocol import (
     MAX_FRAME_BYTES,
+    FrameBuffer,
+    Reply,
     decode_body,
     encode_frame,
     error_from_wire,
     error_to_wire,
     read_frame,
-    read_frame_async,
 )
+from daemon.engines.worker import SocketChannel
 from daemon.errors import (
     ContextOverflow,
     EngineError,
@@ -102,17 +103,48 @@ def test_garbage_bodies_are_protocol_errors(body: bytes) -> None:
         decode_body(body)
 
 
-async def test_async_reader_matches_the_blocking_one() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(encode_frame({"type": "token", "id": 3, "event": {"text": "a"}}))
-    reader.feed_data(encode_frame({"type": "done", "id": 3})[:6])
-    reader.feed_eof()
-    assert await read_frame_async(reader) == {"type": "token", "id": 3, "event": {"text": "a"}}
+def test_the_frame_buffer_splits_a_stream_however_it_arrives() -> None:
+    messages = [{"type": "token", "id": i, "event": {"text": "é" * i}} for i in range(1, 6)]
+    stream = b"".join(encode_frame(m) for m in messages)
+    for size in (1, 3, 4, 7, len(stream)):  # byte by byte, across headers, all at once
+        frames = FrameBuffer()
+        got = []
+        for at in range(0, len(stream), size):
+            got += frames.feed(stream[at : at + size])
+        assert got == messages
+        assert frames.pending == 0
+    frames = FrameBuffer()
+    assert frames.feed(stream + encode_frame({"type": "done", "id": 3})[:6]) == messages
+    assert frames.pending == 6  # an end inside a frame: the reader's ProtocolError
+
+
+def test_the_frame_buffer_refuses_what_the_blocking_reader_refuses() -> None:
     with pytest.raises(ProtocolError):
-        await read_frame_async(reader)
-    empty = asyncio.StreamReader()
-    empty.feed_eof()
-    assert await read_frame_async(empty) is None
+        FrameBuffer().feed(struct.pack(">I", protocol.MAX_FRAME_BYTES + 1))
+    with pytest.raises(ProtocolError):
+        FrameBuffer().feed(struct.pack(">I", 2) + b"[]")
+
+
+def test_a_socket_channel_sends_a_batch_in_one_write() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        channel = SocketChannel(ours)
+        with channel.batched():
+            channel.reply(1, Reply.TOKEN, event={"text": "a"})
+            channel.reply(2, Reply.TOKEN, event={"text": "b"})
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                theirs.recv(1)  # nothing went out yet
+        channel.reply(3, Reply.DONE)  # outside a batch: at once
+        theirs.setblocking(True)
+        frames = FrameBuffer()
+        got: list[dict[str, object]] = []
+        while len(got) < 3:
+            got += frames.feed(theirs.recv(4096))
+        assert [m["id"] for m in got] == [1, 2, 3]
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_errors_cross_as_data_and_come_back_typed() -> None:
