@@ -22,6 +22,11 @@ PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back 
 MAX_GRAMMAR_BYTES = 1024 * 1024
 
 
+# The `char` rule of llama-cpp-python's JSON-schema converter, and llama.cpp's.
+LOOSE_STRING_CHAR = r'char ::= [^"\\] |'
+JSON_STRING_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
 def structured_grammar(structured: dict[str, Any]) -> str:
     """GBNF for prefix + a JSON value matching the schema + suffix (repeated when asked),
     through llama.cpp's own JSON-schema converter."""
@@ -34,6 +39,10 @@ def structured_grammar(structured: dict[str, Any]) -> str:
             f"the JSON schema cannot be turned into a grammar: {exc}", param="response_format"
         ) from exc
     rules = re.sub(r"^root ::=", "structured-value ::=", gbnf, flags=re.MULTILINE)
+    # llama-cpp-python's converter lets a string hold raw control characters (a newline),
+    # which JSON forbids: the output would not parse. llama.cpp's own converter excludes
+    # them (and DEL), as here.
+    rules = rules.replace(LOOSE_STRING_CHAR, JSON_STRING_CHAR)
     # json.dumps makes a GBNF string literal: the escapes are the same.
     prefix, suffix = structured.get("prefix") or "", structured.get("suffix") or ""
     if not suffix and not structured.get("repeat"):

@@ -140,6 +140,25 @@ def test_named_tool_call_when_streaming(client: openai.OpenAI) -> None:
     assert all("city" in json.loads(c["arguments"]) for c in calls.values())
 
 
+def test_a_forced_call_is_valid_json_whatever_the_sampling(client: openai.OpenAI) -> None:
+    # Sampled (not greedy) with 16 seeds: before the grammar's strings excluded control
+    # characters, seeds 1, 6 and 13 put a raw newline in "city" (invalid JSON, so the
+    # call stayed plain content and finish_reason was "stop").
+    for seed in range(16):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            max_tokens=120,
+            seed=seed,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            messages=[{"role": "user", "content": "Weather in Rome?"}],
+        )
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls", (seed, choice.message.content)
+        (call,) = choice.message.tool_calls or []
+        assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+
+
 def test_tool_results_go_back_to_the_model(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL,
